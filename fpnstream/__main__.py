@@ -1,0 +1,3 @@
+from fpnstream.cli import main
+
+raise SystemExit(main())

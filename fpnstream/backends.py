@@ -1,0 +1,44 @@
+"""Where detection runs: in this process, or on a pool of Ray actors. Both return futures."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol, Sequence
+
+from fpnstream.config import ModelConfig, RayConfig
+from fpnstream.frames import BatchResult, Frame
+from fpnstream.model import Detector
+
+log = logging.getLogger(__name__)
+
+
+class DetectorBackend(Protocol):
+    model_name: str
+    device: str
+    max_inflight: int
+
+    def submit(self, frames: Sequence[Frame]) -> Future[BatchResult]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessBackend:
+    """Runs the detector on one worker thread, so decode and publish overlap with inference."""
+
+    def __init__(self, detector: Detector, max_inflight: int = 2) -> None:
+        self._detector = detector
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector")
+        self.model_name = detector.model_name
+        self.device = str(detector.device)
+        self.max_inflight = max_inflight
+
+    @classmethod
+    def from_config(cls, model_cfg: ModelConfig, ray_cfg: RayConfig) -> InProcessBackend:
+        return cls(Detector.from_config(model_cfg), ray_cfg.max_inflight_per_actor)
+
+    def submit(self, frames: Sequence[Frame]) -> Future[BatchResult]:
+        return self._pool.submit(self._detector.detect, list(frames))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,254 @@
+"""Command line: `fpnstream run | tail | synth`. Errors are one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any, Sequence
+
+from fpnstream.errors import ConfigError, FpnstreamError, SinkError
+from fpnstream.redact import redact_text
+
+log = logging.getLogger("fpnstream")
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("fpnstream")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fpnstream", description="Streaming FPN Faster R-CNN detection to Redis Streams")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="decode sources, detect on Ray actors, publish to Redis Streams")
+    run.add_argument("--config", help="YAML config (see configs/default.yaml)")
+    run.add_argument("--source", action="append", metavar="[ID=]URI", help="file path, file://, rtsp://...; repeatable")
+    run.add_argument("--fps", type=float, help="sample every --source down to this frame rate")
+    run.add_argument("--redis-url", help="redis://[:password@]host:port/db or rediss://; default: embedded Redis")
+    run.add_argument("--redis-prefix", help="key prefix (keys are PREFIX:detections:STREAM)")
+    run.add_argument("--redis-maxlen", type=int, help="approximate max entries kept per stream (0: unbounded)")
+    run.add_argument("--model", help="fasterrcnn_resnet50_fpn | _v2 | fasterrcnn_mobilenet_v3_large_fpn | _320_fpn")
+    run.add_argument("--weights", help="DEFAULT | none | PATH to a state_dict")
+    run.add_argument("--labels", help="class names file, one per line")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--score-threshold", type=float)
+    run.add_argument("--max-detections", type=int)
+    run.add_argument("--classes", help="comma-separated allow-list, e.g. person,car")
+    run.add_argument("--min-size", type=int, help="resize: shorter side (model default if unset)")
+    run.add_argument("--max-size", type=int, help="resize: longer side cap")
+    run.add_argument("--batch-size", type=int)
+    run.add_argument("--batch-wait-ms", type=float)
+    run.add_argument("--metrics-port", type=int, help="Prometheus port (0 disables)")
+    run.add_argument("--metrics-host", help="bind address of the metrics endpoint")
+    run.add_argument("--ray-address", help="join this Ray cluster ('auto' or host:port); default: local Ray")
+    run.add_argument("--num-actors", type=int, help="detector actors (default: one per GPU, else 1)")
+    run.add_argument("--in-process", action="store_true", default=None, help="detect in this process, without Ray")
+    run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    tail = sub.add_parser("tail", help="print published entries as JSON lines")
+    tail.add_argument("--config", help="YAML config (for redis settings)")
+    tail.add_argument("--redis-url", help="default: the embedded Redis of `run`")
+    tail.add_argument("--redis-prefix")
+    tail.add_argument("--stream", help="one stream id (default: all)")
+    tail.add_argument("--count", type=int, default=10, help="last N entries per stream (default 10)")
+    tail.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
+
+    synth = sub.add_parser("synth", help="write a synthetic test video (moving shapes)")
+    synth.add_argument("out")
+    synth.add_argument("--frames", type=int, default=150)
+    synth.add_argument("--size", default="640x360", help="WxH")
+    synth.add_argument("--fps", type=int, default=30)
+    synth.add_argument("--codec", default="libx264")
+    return p
+
+
+def run_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    sources = None
+    if a.source:
+        from fpnstream.sources.spec import parse_source_arg
+
+        sources = [{**parse_source_arg(s).model_dump(exclude_none=True), **({"fps": a.fps} if a.fps else {})} for s in a.source]
+    return {
+        "sources": sources,
+        "redis.url": a.redis_url,
+        "redis.prefix": a.redis_prefix,
+        "redis.maxlen": a.redis_maxlen,
+        "model.name": a.model,
+        "model.weights": a.weights,
+        "model.labels": a.labels,
+        "model.device": a.device,
+        "model.score_threshold": a.score_threshold,
+        "model.max_detections": a.max_detections,
+        "model.classes": a.classes,
+        "model.min_size": a.min_size,
+        "model.max_size": a.max_size,
+        "batch.max_size": a.batch_size,
+        "batch.max_wait_ms": a.batch_wait_ms,
+        "metrics.port": a.metrics_port,
+        "metrics.host": a.metrics_host,
+        "ray.address": a.ray_address,
+        "ray.num_actors": a.num_actors,
+        "ray.in_process": a.in_process,
+        "log_level": a.log_level,
+    }
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set():  # second signal: the user means it
+            sys.stderr.write("fpnstream: forced exit; frames still in flight are lost\n")
+            os._exit(130)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from fpnstream.app import run_job
+    from fpnstream.config import load_config
+
+    cfg = load_config(a.config, run_overrides(a))
+    setup_logging(cfg.log_level)
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    report = run_job(cfg, stop)
+    failed = [s for s in report.streams.values() if s.error]
+    rate = report.published / report.seconds if report.seconds > 0 else 0.0
+    log.info(
+        "done: %d frames published from %d stream(s) in %.1f s (%.1f frames/s)%s",
+        report.published, len(report.streams), report.seconds, rate,
+        f"; {len(failed)} stream(s) failed" if failed else "",
+    )
+    return 1 if failed else 0
+
+
+def _tail_client(a: argparse.Namespace):
+    from fpnstream.config import load_config
+    from fpnstream.redis_server import EmbeddedRedis, connect
+
+    cfg = load_config(a.config, {"redis.url": a.redis_url, "redis.prefix": a.redis_prefix})
+    if cfg.redis.url:
+        return connect(cfg.redis.url, cfg.redis.socket_timeout_s), cfg, None
+    embedded = EmbeddedRedis(cfg.redis.embedded_dir)
+    if not embedded.data_dir.is_dir():
+        raise SinkError(f"no embedded Redis data in {embedded.data_dir}: run `fpnstream run` first, or pass --redis-url")
+    embedded.start()
+    return connect(embedded.url, cfg.redis.socket_timeout_s), cfg, embedded
+
+
+def cmd_tail(a: argparse.Namespace) -> int:
+    from fpnstream.schema import SchemaError, decode_entry, stream_key
+
+    if a.count < 0:
+        raise ConfigError("--count must be >= 0")
+    client, cfg, embedded = _tail_client(a)
+    try:
+        prefix = cfg.redis.prefix
+        if a.stream:
+            keys = [stream_key(prefix, a.stream)]
+            if not client.exists(keys[0]):
+                if not a.follow:
+                    raise SinkError(f"no stream {a.stream!r} under prefix {prefix!r}")
+        else:
+            keys = sorted(k.decode() for k in client.scan_iter(match=stream_key(prefix, "*"), _type="stream"))
+            if not keys and not a.follow:
+                print(f"fpnstream: no streams under prefix {prefix!r}", file=sys.stderr)
+                return 0
+
+        def emit(entry_id: bytes, fields: dict) -> None:
+            try:
+                doc = decode_entry(fields)
+            except (SchemaError, ValueError) as e:
+                doc = {"error": f"undecodable entry: {e}"}
+            print(json.dumps({"id": entry_id.decode(), **doc}), flush=True)
+
+        last: dict[str, bytes | str] = {}
+        for key in keys:
+            entries = client.xrevrange(key, count=a.count) if a.count else []
+            for entry_id, fields in reversed(entries):
+                emit(entry_id, fields)
+            last[key] = entries[0][0] if entries else "$" if a.count == 0 else "0-0"
+        if a.follow:
+            if not keys:
+                keys = [stream_key(prefix, a.stream)] if a.stream else []
+                last = {k: "0-0" for k in keys}
+            try:
+                while True:
+                    if not a.stream:  # pick up streams that appear while following
+                        for k in client.scan_iter(match=stream_key(prefix, "*"), _type="stream"):
+                            last.setdefault(k.decode(), "0-0")
+                    if not last:
+                        threading.Event().wait(1.0)
+                        continue
+                    for key, entries in client.xread(last, block=1000) or []:
+                        for entry_id, fields in entries:
+                            emit(entry_id, fields)
+                            last[key.decode()] = entry_id
+            except KeyboardInterrupt:
+                return 0
+        return 0
+    finally:
+        client.close()
+        if embedded:
+            embedded.stop()
+
+
+def cmd_synth(a: argparse.Namespace) -> int:
+    from fpnstream.synthetic import write_clip
+
+    try:
+        w, h = (int(v) for v in a.size.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size must look like 640x360, not {a.size!r}") from None
+    if not (16 <= w <= 8192 and 16 <= h <= 8192) or a.frames < 1 or a.fps < 1:
+        raise ConfigError("synth: size must be 16..8192 per side, frames and fps >= 1")
+    try:
+        path = write_clip(a.out, frames=a.frames, width=w, height=h, fps=a.fps, codec=a.codec)
+    except Exception as e:  # PyAV: unknown codec, unwritable folder
+        raise FpnstreamError(f"cannot write {a.out}: {e}") from None
+    print(f"wrote {path} ({a.frames} frames, {w}x{h} @ {a.fps} fps, {a.codec})", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    a = parser.parse_args(argv)
+    handlers = {"run": cmd_run, "tail": cmd_tail, "synth": cmd_synth}
+    try:
+        return handlers[a.command](a)
+    except FpnstreamError as e:
+        print(f"fpnstream: error: {redact_text(str(e))}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("fpnstream: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if a.debug:
+            raise
+        print(
+            f"fpnstream: internal error: {type(e).__name__}: {redact_text(str(e)).splitlines()[0] if str(e) else ''} "
+            "(rerun with --debug for a traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

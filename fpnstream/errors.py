@@ -1,0 +1,23 @@
+"""User-facing errors: the CLI prints these as one line and exits non-zero, never a traceback."""
+
+
+class FpnstreamError(Exception):
+    """An error caused by input or environment that the user can fix."""
+
+    exit_code = 2
+
+
+class ConfigError(FpnstreamError):
+    pass
+
+
+class SourceError(FpnstreamError):
+    pass
+
+
+class ModelError(FpnstreamError):
+    pass
+
+
+class SinkError(FpnstreamError):
+    pass

@@ -1,0 +1,92 @@
+"""The data that travels between stages: one frozen `Frame`, one aligned `Detections` batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A decoded frame and everything needed to publish a result for it.
+
+    `index` is the 0-based position in decode order, kept even when frames are sampled
+    or dropped, so consumers can line results up with the source.
+    """
+
+    image: np.ndarray  # HxWx3 uint8 RGB, converted once at decode time
+    stream_id: str
+    index: int
+    pts: float | None  # seconds, from the stream's time base; None if the container has none
+    capture_ts: float  # wall-clock Unix seconds when the frame left the decoder
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    def meta(self) -> FrameMeta:
+        return FrameMeta(self.stream_id, self.index, self.pts, self.capture_ts, self.width, self.height)
+
+
+@dataclass(frozen=True, slots=True)
+class FrameMeta:
+    """A frame without its pixels: what comes back from a detector and goes to Redis."""
+
+    stream_id: str
+    index: int
+    pts: float | None
+    capture_ts: float
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class Detections:
+    """Aligned arrays for the detections of one frame, in original-frame pixel coordinates."""
+
+    boxes: np.ndarray  # (N, 4) float32, x1 y1 x2 y2
+    scores: np.ndarray  # (N,) float32
+    labels: np.ndarray  # (N,) int64
+    names: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        n = len(self.scores)
+        if self.boxes.shape != (n, 4) or len(self.labels) != n or len(self.names) != n:
+            raise ValueError(
+                f"misaligned detections: boxes {self.boxes.shape}, scores {n}, "
+                f"labels {len(self.labels)}, names {len(self.names)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), ())
+
+    def to_json_list(self) -> list[dict]:
+        return [
+            {"box": [float(v) for v in box], "score": float(score), "label": int(label), "name": name}
+            for box, score, label, name in zip(self.boxes, self.scores, self.labels, self.names)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class StageTimes:
+    """Seconds spent per stage on a detector for one batch (reported back to the driver)."""
+
+    preprocess: float
+    inference: float
+    postprocess: float
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    metas: tuple[FrameMeta, ...]
+    detections: tuple[Detections, ...]
+    times: StageTimes

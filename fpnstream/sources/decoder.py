@@ -1,0 +1,164 @@
+"""PyAV decoding of one source into `Frame`s. Knows nothing of queues, Ray or reconnects."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Iterator
+
+import av
+
+from fpnstream.config import DecodeConfig
+from fpnstream.errors import SourceError
+from fpnstream.frames import Frame
+from fpnstream.redact import redact_text
+from fpnstream.sources.spec import SourceSpec
+
+log = logging.getLogger(__name__)
+
+# Above this a frame is almost certainly a corrupt header, and one RGB copy would be > 1 GiB.
+MAX_PIXELS = 16384 * 16384 // 2
+
+
+class FrameSampler:
+    """Keeps frames so the output rate is at most `fps`, judged by timestamps, not by counting."""
+
+    def __init__(self, fps: float | None) -> None:
+        self._period = 1.0 / fps if fps else None
+        self._next: float | None = None
+
+    def keep(self, t: float) -> bool:
+        if self._period is None:
+            return True
+        # A small tolerance so 30 -> 10 fps keeps exactly every third frame despite float PTS.
+        if self._next is None or t >= self._next - self._period * 1e-3:
+            # Re-anchor after a jump (seek, PTS discontinuity) instead of bursting to catch up.
+            base = self._next if self._next is not None and t - self._next < self._period else t
+            self._next = base + self._period
+            return True
+        return False
+
+
+class VideoDecoder:
+    """Opens one source with PyAV and yields RGB frames.
+
+    After iteration, `warning` says whether the video ended before its declared length.
+    """
+
+    def __init__(self, spec: SourceSpec, cfg: DecodeConfig, clock: Callable[[], float] = time.time) -> None:
+        self.spec = spec
+        self._cfg = cfg
+        self._clock = clock
+        self._container: av.container.InputContainer | None = None
+        self.frames_decoded = 0
+        self.frames_sampled_out = 0
+        self.warning: str | None = None
+
+    def open(self) -> None:
+        spec = self.spec
+        if not spec.live:
+            path = spec.path
+            if not path.exists():
+                raise SourceError(f"source {spec.stream_id}: file not found: {path}")
+            if not path.is_file():
+                raise SourceError(f"source {spec.stream_id}: not a regular file: {path}")
+            if path.stat().st_size == 0:
+                raise SourceError(f"source {spec.stream_id}: file is empty (0 bytes): {path}")
+        options = {}
+        if spec.uri.lower().startswith(("rtsp://", "rtsps://")):
+            options["rtsp_transport"] = self._cfg.rtsp_transport
+        try:
+            self._container = av.open(
+                str(spec.path) if not spec.live else spec.uri,
+                mode="r",
+                options=options,
+                timeout=(self._cfg.open_timeout_s, self._cfg.read_timeout_s) if spec.live else None,
+            )
+        except av.error.FileNotFoundError:
+            raise SourceError(f"source {spec.stream_id}: not found: {spec.display}") from None
+        except av.error.PermissionError:
+            raise SourceError(f"source {spec.stream_id}: permission denied: {spec.display}") from None
+        except av.error.InvalidDataError:
+            raise SourceError(
+                f"source {spec.stream_id}: not a readable video (FFmpeg could not parse {spec.display})"
+            ) from None
+        except (av.error.FFmpegError, OSError) as e:
+            raise SourceError(f"source {spec.stream_id}: cannot open {spec.display}: {_reason(e)}") from None
+        if not self._container.streams.video:
+            self.close()
+            raise SourceError(f"source {spec.stream_id}: {spec.display} has no video stream")
+        stream = self._container.streams.video[0]
+        ctx = stream.codec_context
+        if ctx is None or stream.codec_context.codec is None:
+            self.close()
+            raise SourceError(f"source {spec.stream_id}: unsupported video codec in {spec.display}")
+        if ctx.width * ctx.height > MAX_PIXELS:
+            self.close()
+            raise SourceError(f"source {spec.stream_id}: absurd frame size {ctx.width}x{ctx.height}")
+        stream.thread_type = "AUTO"
+
+    def frames(self) -> Iterator[Frame]:
+        if self._container is None:
+            self.open()
+        container = self._container
+        assert container is not None
+        stream = container.streams.video[0]
+        sampler = FrameSampler(self.spec.fps)
+        rate = float(stream.average_rate) if stream.average_rate else None
+        last_pts: float | None = None
+        try:
+            for av_frame in container.decode(stream):
+                index = self.frames_decoded
+                self.frames_decoded += 1
+                pts = float(av_frame.pts * av_frame.time_base) if av_frame.pts is not None and av_frame.time_base else None
+                t = pts if pts is not None else (index / rate if rate else float(index))
+                last_pts = pts if pts is not None else last_pts
+                if not sampler.keep(t):
+                    self.frames_sampled_out += 1
+                    continue
+                image = av_frame.to_ndarray(format="rgb24")
+                yield Frame(image=image, stream_id=self.spec.stream_id, index=index, pts=pts, capture_ts=self._clock())
+        except av.error.FFmpegError as e:
+            if self.spec.live:
+                raise SourceError(f"source {self.spec.stream_id}: read failed: {_reason(e)}") from None
+            self.warning = (
+                f"source {self.spec.stream_id}: decoding stopped after {self.frames_decoded} frames "
+                f"({_reason(e)}); the file is probably truncated or corrupt"
+            )
+        else:
+            if not self.spec.live:
+                self.warning = self._check_complete(stream, last_pts, rate)
+        finally:
+            self.close()
+
+    def _check_complete(self, stream: av.video.stream.VideoStream, last_pts: float | None, rate: float | None) -> str | None:
+        declared = stream.frames or 0
+        if declared and self.frames_decoded < declared:
+            return (
+                f"source {self.spec.stream_id}: video ended early: decoded {self.frames_decoded} of "
+                f"{declared} declared frames (file truncated?)"
+            )
+        if stream.duration and stream.time_base and last_pts is not None and rate:
+            start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+            expected_end = start + float(stream.duration * stream.time_base)
+            if last_pts + 1.0 / rate < expected_end - 2.0 / rate:
+                return (
+                    f"source {self.spec.stream_id}: video ended early at {last_pts:.2f}s of "
+                    f"{expected_end:.2f}s declared (file truncated?)"
+                )
+        if self.frames_decoded == 0:
+            return f"source {self.spec.stream_id}: no decodable frames in {self.spec.display}"
+        return None
+
+    def close(self) -> None:
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # closing a half-broken container must not mask the real error
+                pass
+            self._container = None
+
+
+def _reason(e: BaseException) -> str:
+    msg = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return redact_text(str(msg))

@@ -1,0 +1,88 @@
+"""What a source is: a stream id, a URI (possibly with credentials) and whether it is live."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+from urllib.parse import unquote, urlsplit
+
+from fpnstream.config import SourceConfig
+from fpnstream.errors import SourceError
+from fpnstream.redact import redact_url
+
+LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "tcp", "http", "https"})
+_ID_PREFIX = re.compile(r"^(?P<id>[A-Za-z0-9][A-Za-z0-9_.\-]{0,127})=(?P<uri>.+)$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    stream_id: str
+    uri: str  # may carry credentials: log `display`, never this
+    live: bool
+    fps: float | None = None
+
+    @property
+    def display(self) -> str:
+        return redact_url(self.uri)
+
+    @property
+    def path(self) -> Path:
+        """Local file path of a file source."""
+        return Path(unquote(urlsplit(self.uri).path)) if self.uri.startswith("file://") else Path(self.uri)
+
+
+def parse_source_arg(arg: str) -> SourceConfig:
+    """Parse a command-line source, ``URI`` or ``ID=URI``.
+
+    A URI may itself contain '=' (query strings), so a prefix only counts as an id when it
+    is a plain identifier before any ':' or '/'.
+    """
+    m = _ID_PREFIX.match(arg)
+    if m and not any(c in m.group("id") for c in ":/"):
+        return SourceConfig(id=m.group("id"), uri=m.group("uri"))
+    return SourceConfig(uri=arg)
+
+
+def _scheme(uri: str) -> str:
+    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.\-]*)://", uri)
+    return m.group(1).lower() if m else ""
+
+
+def default_stream_id(uri: str) -> str:
+    """A readable id from the URI: a file's stem, or host+path of a network URL, never user-info."""
+    scheme = _scheme(uri)
+    if scheme in ("", "file"):
+        stem = SourceSpec("x", uri, False).path.stem
+        base = stem
+    else:
+        parts = urlsplit(uri)
+        base = "-".join(p for p in [parts.hostname or "", parts.path.strip("/")] if p)
+    cleaned = _UNSAFE.sub("_", base).strip("_.-")
+    return (cleaned or "stream")[:128]
+
+
+def resolve_sources(configs: Iterable[SourceConfig]) -> list[SourceSpec]:
+    specs: list[SourceSpec] = []
+    taken: set[str] = set()
+    for cfg in configs:
+        scheme = _scheme(cfg.uri)
+        if scheme not in ("", "file") and scheme not in LIVE_SCHEMES:
+            raise SourceError(
+                f"unsupported source scheme {scheme!r} in {redact_url(cfg.uri)}; "
+                "use a file path, file://, rtsp://, rtmp://, srt://, udp:// or http(s)://"
+            )
+        if cfg.id is not None:
+            if cfg.id in taken:
+                raise SourceError(f"duplicate stream id {cfg.id!r}")
+            sid = cfg.id
+        else:
+            base = default_stream_id(cfg.uri)
+            sid, n = base, 2
+            while sid in taken:
+                sid, n = f"{base}-{n}", n + 1
+        taken.add(sid)
+        specs.append(SourceSpec(sid, cfg.uri, live=scheme in LIVE_SCHEMES, fps=cfg.fps))
+    return specs
