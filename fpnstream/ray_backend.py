@@ -46,7 +46,8 @@ def connect(cfg: RayConfig) -> None:
         if cfg.address:
             ray.init(address=cfg.address, **kwargs)
         else:
-            ray.init(num_cpus=cfg.num_cpus, **kwargs)
+            # "local" always starts a private instance, even if `ray start` runs on this machine.
+            ray.init(address="local", num_cpus=cfg.num_cpus, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = cfg.address or "a local instance"
         raise FpnstreamError(f"cannot start or join Ray ({where}): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

@@ -41,19 +41,20 @@ def write_clip(
     seed: int = 0,
     container_format: str | None = None,
     options: dict[str, str] | None = None,
+    container_options: dict[str, str] | None = None,
 ) -> Path:
     """Encode `frames` synthetic frames; returns the path. Container is chosen by suffix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w", format=container_format) as out:
+    with av.open(str(path), mode="w", format=container_format, options=container_options or {}) as out:
         stream = out.add_stream(codec, rate=fps, options=options or {})
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        stream.time_base = Fraction(1, fps)
+        frame_time_base = Fraction(1, fps)
         for i in range(frames):
             frame = av.VideoFrame.from_ndarray(synthetic_frame(i, width, height, seed), format="rgb24")
             frame = frame.reformat(format=pix_fmt)
             frame.pts = i
-            frame.time_base = stream.time_base
+            frame.time_base = frame_time_base
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode(None):

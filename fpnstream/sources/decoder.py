@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 # Above this a frame is almost certainly a corrupt header, and one RGB copy would be > 1 GiB.
 MAX_PIXELS = 16384 * 16384 // 2
+# Past this many undecodable packets the input is garbage, not a damaged video.
+MAX_CORRUPT_PACKETS = 100
 
 
 class FrameSampler:
@@ -95,7 +97,9 @@ class VideoDecoder:
         if ctx.width * ctx.height > MAX_PIXELS:
             self.close()
             raise SourceError(f"source {spec.stream_id}: absurd frame size {ctx.width}x{ctx.height}")
-        stream.thread_type = "AUTO"
+        # Slice threads, not frame threads: frame threading delays output by one frame per
+        # thread (latency on live streams) and swallows frames around a corrupt packet.
+        stream.thread_type = "SLICE"
 
     def frames(self) -> Iterator[Frame]:
         if self._container is None:
@@ -106,18 +110,28 @@ class VideoDecoder:
         sampler = FrameSampler(self.spec.fps)
         rate = float(stream.average_rate) if stream.average_rate else None
         last_pts: float | None = None
+        corrupt = 0
         try:
-            for av_frame in container.decode(stream):
-                index = self.frames_decoded
-                self.frames_decoded += 1
-                pts = float(av_frame.pts * av_frame.time_base) if av_frame.pts is not None and av_frame.time_base else None
-                t = pts if pts is not None else (index / rate if rate else float(index))
-                last_pts = pts if pts is not None else last_pts
-                if not sampler.keep(t):
-                    self.frames_sampled_out += 1
+            for packet in container.demux(stream):
+                try:
+                    av_frames = packet.decode()
+                except av.error.InvalidDataError:
+                    # One damaged packet costs its frame(s), not the rest of the stream.
+                    corrupt += 1
+                    if corrupt > MAX_CORRUPT_PACKETS:
+                        raise
                     continue
-                image = av_frame.to_ndarray(format="rgb24")
-                yield Frame(image=image, stream_id=self.spec.stream_id, index=index, pts=pts, capture_ts=self._clock())
+                for av_frame in av_frames:
+                    index = self.frames_decoded
+                    self.frames_decoded += 1
+                    pts = float(av_frame.pts * av_frame.time_base) if av_frame.pts is not None and av_frame.time_base else None
+                    t = pts if pts is not None else (index / rate if rate else float(index))
+                    last_pts = pts if pts is not None else last_pts
+                    if not sampler.keep(t):
+                        self.frames_sampled_out += 1
+                        continue
+                    image = av_frame.to_ndarray(format="rgb24")
+                    yield Frame(image=image, stream_id=self.spec.stream_id, index=index, pts=pts, capture_ts=self._clock())
         except av.error.FFmpegError as e:
             if self.spec.live:
                 raise SourceError(f"source {self.spec.stream_id}: read failed: {_reason(e)}") from None
@@ -127,20 +141,32 @@ class VideoDecoder:
             )
         else:
             if not self.spec.live:
-                self.warning = self._check_complete(stream, last_pts, rate)
+                self.warning = self._check_complete(container, stream, last_pts, rate)
+                if corrupt and self.warning is None:
+                    self.warning = f"source {self.spec.stream_id}: skipped {corrupt} corrupt packet(s)"
         finally:
             self.close()
 
-    def _check_complete(self, stream: av.video.stream.VideoStream, last_pts: float | None, rate: float | None) -> str | None:
+    def _check_complete(
+        self, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+        last_pts: float | None, rate: float | None,
+    ) -> str | None:
+        """Compare what was decoded with what the container header declared (frame count or
+        duration). MPEG-TS declares neither, so a cut TS file cannot be told from a short one."""
         declared = stream.frames or 0
         if declared and self.frames_decoded < declared:
             return (
                 f"source {self.spec.stream_id}: video ended early: decoded {self.frames_decoded} of "
                 f"{declared} declared frames (file truncated?)"
             )
-        if stream.duration and stream.time_base and last_pts is not None and rate:
+        if stream.duration and stream.time_base:
             start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
-            expected_end = start + float(stream.duration * stream.time_base)
+            expected_end: float | None = start + float(stream.duration * stream.time_base)
+        elif container.duration and container.format.name not in ("mpegts",):
+            expected_end = container.duration / av.time_base  # header duration (e.g. Matroska)
+        else:
+            expected_end = None
+        if expected_end is not None and last_pts is not None and rate:
             if last_pts + 1.0 / rate < expected_end - 2.0 / rate:
                 return (
                     f"source {self.spec.stream_id}: video ended early at {last_pts:.2f}s of "

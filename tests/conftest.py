@@ -1,0 +1,129 @@
+"""Shared fixtures: real redis-server processes, PyAV-encoded clips, a seeded checkpoint that fires."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from fpnstream.synthetic import synthetic_frame, write_clip
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"
+PARITY_MODEL = "fasterrcnn_resnet50_fpn"
+PARITY_MIN_SIZE = 128
+PARITY_MAX_SIZE = 224
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisProc:
+    """A real redis-server on a free port, private to a test."""
+
+    def __init__(self, tmp: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.dir = tmp
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(tmp), "--save", "", "--appendonly", "no", *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if redis.Redis(port=self.port).ping():
+                    break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def redis_proc(tmp_path: Path):
+    proc = RedisProc(tmp_path)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    """Real encoded clips in several containers and codecs, an odd size, a truncated one."""
+    d = tmp_path_factory.mktemp("clips")
+    x265 = {"x265-params": "log-level=error"}
+    out = {
+        "mp4_h264": write_clip(d / "a.mp4", frames=24, width=160, height=120),
+        "mkv_hevc": write_clip(d / "b.mkv", frames=12, width=160, height=120, codec="libx265", options=x265),
+        "webm_vp9": write_clip(d / "c.webm", frames=12, width=160, height=120, codec="libvpx-vp9"),
+        "ts_h264": write_clip(d / "d.ts", frames=12, width=160, height=120),
+        "mkv_av1": write_clip(d / "e.mkv", frames=12, width=160, height=120, codec="libsvtav1",
+                              options={"svtav1-params": "log-level=1"}),
+        "odd_size": write_clip(d / "odd.mkv", frames=10, width=161, height=121, pix_fmt="yuv444p"),
+    }
+    for name, suffix, opts in (("truncated_mkv", "mkv", {}), ("truncated_mp4", "mp4", {"movflags": "faststart"})):
+        data = write_clip(d / f"full.{suffix}", frames=60, width=160, height=120, container_options=opts).read_bytes()
+        cut = d / f"{name}.{suffix}"
+        cut.write_bytes(data[: len(data) // 2])
+        out[name] = cut
+    return out
+
+
+def reference_frames(path: Path):
+    """Decode with PyAV directly, as a user would: (index, pts seconds, RGB array)."""
+    import av
+
+    frames = []
+    with av.open(str(path)) as c:
+        for packet in c.demux(video=0):
+            try:
+                decoded = packet.decode()
+            except av.error.InvalidDataError:  # a cut-off last packet in a truncated file
+                continue
+            frames.extend(decoded)
+    return [(i, float(f.pts * f.time_base), f.to_ndarray(format="rgb24")) for i, f in enumerate(frames)]
+
+
+@pytest.fixture(scope="session")
+def firing_checkpoint(tmp_path_factory) -> Path:
+    """Seeded random resnet50-FPN weights, calibrated to give dozens of varied detections."""
+    from fpnstream.testing import make_firing_model, save_checkpoint
+
+    frames = [synthetic_frame(i, 160, 120) for i in (0, 7, 14)]
+    model = make_firing_model(PARITY_MODEL, frames, seed=1, min_size=PARITY_MIN_SIZE, max_size=PARITY_MAX_SIZE)
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "firing_r50.pth")
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory) -> Path:
+    from fpnstream.testing import make_firing_model, save_checkpoint
+
+    frames = [synthetic_frame(i, 160, 120) for i in (0, 7)]
+    model = make_firing_model(SMALL_MODEL, frames, seed=2)
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "firing_small.pth")
+
+
+def run_cli(*args: str, timeout: float = 240, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fpnstream", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )

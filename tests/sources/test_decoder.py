@@ -1,0 +1,107 @@
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from fpnstream.config import DecodeConfig, SourceConfig
+from fpnstream.errors import SourceError
+from fpnstream.sources import VideoDecoder, resolve_sources
+from fpnstream.sources.decoder import FrameSampler
+from tests.conftest import free_port, reference_frames
+
+
+def decoder(uri: str, fps: float | None = None, **decode) -> VideoDecoder:
+    (spec,) = resolve_sources([SourceConfig(uri=str(uri), fps=fps)])
+    return VideoDecoder(spec, DecodeConfig(**decode))
+
+
+@pytest.mark.parametrize("name", ["mp4_h264", "mkv_hevc", "webm_vp9", "ts_h264", "mkv_av1", "odd_size"])
+def test_every_frame_with_pts_matches_pyav(clips, name):
+    ref = reference_frames(clips[name])
+    d = decoder(clips[name])
+    frames = list(d.frames())
+    assert [f.index for f in frames] == list(range(len(ref)))
+    assert len(frames) >= 10
+    for f, (i, pts, rgb) in zip(frames, ref):
+        assert f.pts == pytest.approx(pts, abs=1e-9)
+        assert f.image.dtype == np.uint8 and f.image.shape == rgb.shape
+        assert np.array_equal(f.image, rgb)
+        assert f.stream_id == Path(clips[name]).stem
+    assert d.warning is None, d.warning
+
+
+def test_odd_size_kept(clips):
+    f = next(iter(decoder(clips["odd_size"]).frames()))
+    assert (f.width, f.height) == (161, 121)
+
+
+def test_capture_time_is_wall_clock(clips):
+    before = time.time()
+    frames = list(decoder(clips["mp4_h264"]).frames())
+    assert before <= frames[0].capture_ts <= frames[-1].capture_ts <= time.time()
+
+
+def test_fps_sampling_keeps_original_indices(clips):
+    d = decoder(clips["mp4_h264"], fps=10)  # clip is 30 fps, 24 frames
+    frames = list(d.frames())
+    assert [f.index for f in frames] == list(range(0, 24, 3))
+    assert d.frames_decoded == 24 and d.frames_sampled_out == 16
+
+
+def test_sampler_reanchors_after_jump():
+    s = FrameSampler(10)
+    kept = [t for t in (0.0, 0.05, 0.1, 5.0, 5.05, 5.1) if s.keep(t)]
+    assert kept == [0.0, 0.1, 5.0, 5.1]
+
+
+@pytest.mark.parametrize("name", ["truncated_mkv", "truncated_mp4"])
+def test_truncated_file_yields_decodable_frames_then_warns(clips, name):
+    d = decoder(clips[name])
+    frames = list(d.frames())
+    ref = reference_frames(clips[name])
+    assert 5 < len(frames) < 60
+    assert len(frames) == len(ref)
+    assert [f.index for f in frames] == list(range(len(ref)))
+    assert d.warning and "truncated" in d.warning
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SourceError, match="file not found"):
+        decoder(tmp_path / "nope.mp4").open()
+
+
+def test_empty_file(tmp_path):
+    p = tmp_path / "empty.mp4"
+    p.write_bytes(b"")
+    with pytest.raises(SourceError, match="empty"):
+        decoder(p).open()
+
+
+def test_not_a_video(tmp_path):
+    p = tmp_path / "notes.mp4"
+    p.write_bytes(b"this is plainly not a video file\n" * 100)
+    with pytest.raises(SourceError, match="not a readable video"):
+        decoder(p).open()
+
+
+def test_audio_only_file(tmp_path):
+    p = tmp_path / "tone.wav"
+    with av.open(str(p), "w") as out:
+        s = out.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for pkt in s.encode(frame):
+            out.mux(pkt)
+    with pytest.raises(SourceError, match="has no video stream"):
+        decoder(p).open()
+
+
+def test_unreachable_rtsp_fails_fast_and_redacts():
+    port = free_port()  # nothing listens there
+    t = time.monotonic()
+    with pytest.raises(SourceError) as e:
+        decoder(f"rtsp://admin:s3cret@127.0.0.1:{port}/cam", open_timeout_s=3, read_timeout_s=3).open()
+    assert time.monotonic() - t < 10
+    assert "s3cret" not in str(e.value) and "***@127.0.0.1" in str(e.value)

@@ -1,0 +1,55 @@
+import pytest
+
+from fpnstream.config import SourceConfig
+from fpnstream.errors import SourceError
+from fpnstream.sources.spec import default_stream_id, parse_source_arg, resolve_sources
+
+
+def test_id_prefix_parsed():
+    c = parse_source_arg("cam1=rtsp://u:p@host/x")
+    assert (c.id, c.uri) == ("cam1", "rtsp://u:p@host/x")
+
+
+def test_equals_inside_uri_is_not_an_id():
+    c = parse_source_arg("rtsp://host/stream?channel=1&a=b")
+    assert c.id is None and c.uri == "rtsp://host/stream?channel=1&a=b"
+    c = parse_source_arg("/videos/a=b.mp4")
+    assert c.id is None and c.uri == "/videos/a=b.mp4"
+
+
+@pytest.mark.parametrize(
+    "uri, expected",
+    [
+        ("/data/front door.mp4", "front_door"),
+        ("file:///data/lobby.mkv", "lobby"),
+        ("rtsp://admin:hunter2@10.0.0.5:554/Streaming/101", "10.0.0.5-Streaming_101"),
+        ("rtsp://cam.local/", "cam.local"),
+    ],
+)
+def test_default_ids_are_readable_and_secret_free(uri, expected):
+    sid = default_stream_id(uri)
+    assert sid == expected
+    assert "hunter2" not in sid and "admin" not in sid
+
+
+def test_duplicate_defaults_get_suffix_and_live_detected():
+    specs = resolve_sources([SourceConfig(uri="a/x.mp4"), SourceConfig(uri="b/x.mp4"), SourceConfig(uri="rtsp://h/x")])
+    assert [s.stream_id for s in specs] == ["x", "x-2", "h-x"]
+    assert [s.live for s in specs] == [False, False, True]
+
+
+def test_duplicate_explicit_ids_rejected():
+    with pytest.raises(SourceError, match="duplicate stream id"):
+        resolve_sources([SourceConfig(uri="a.mp4", id="a"), SourceConfig(uri="b.mp4", id="a")])
+
+
+def test_unknown_scheme_rejected_without_credentials():
+    with pytest.raises(SourceError) as e:
+        resolve_sources([SourceConfig(uri="ftp://bob:pw123@host/v.mp4")])
+    assert "unsupported source scheme 'ftp'" in str(e.value)
+    assert "pw123" not in str(e.value)
+
+
+def test_display_redacts():
+    (spec,) = resolve_sources([SourceConfig(uri="rtsp://bob:pw123@host:8554/live")])
+    assert spec.display == "rtsp://***@host:8554/live"
