@@ -1,0 +1,151 @@
+import numpy as np
+import pytest
+import torch
+
+from fpnstream.config import ModelConfig
+from fpnstream.errors import ModelError
+from fpnstream.frames import Frame
+from fpnstream.model import COCO_CATEGORIES, Detector, build_model
+from fpnstream.synthetic import synthetic_frame
+from tests.conftest import PARITY_MAX_SIZE, PARITY_MIN_SIZE, PARITY_MODEL, SMALL_MODEL
+from tests.parity import match_detections, torchvision_reference
+
+
+def frames_of(images, stream="s"):
+    return [Frame(img, stream, i, i / 30, 0.0) for i, img in enumerate(images)]
+
+
+def parity_cfg(ckpt, **kw) -> ModelConfig:
+    return ModelConfig(name=PARITY_MODEL, weights=str(ckpt), device="cpu", score_threshold=0.5,
+                       min_size=PARITY_MIN_SIZE, max_size=PARITY_MAX_SIZE, **kw)
+
+
+def test_detector_matches_torchvision_per_frame(firing_checkpoint):
+    images = [synthetic_frame(i, 160, 120, seed=5) for i in range(0, 30, 6)]
+    det = Detector.from_config(parity_cfg(firing_checkpoint))
+    ref = torchvision_reference(PARITY_MODEL, firing_checkpoint, images, box_score_thresh=0.5,
+                                min_size=PARITY_MIN_SIZE, max_size=PARITY_MAX_SIZE)
+    total = 0
+    for img, r in zip(images, ref):  # batch of one: must be exact
+        (ours,) = det.detect(frames_of([img])).detections
+        assert np.array_equal(ours.labels, r["labels"])
+        np.testing.assert_allclose(ours.boxes, r["boxes"], atol=0.01)
+        np.testing.assert_allclose(ours.scores, r["scores"], atol=1e-3)
+        assert ours.names == tuple(COCO_CATEGORIES[i] for i in r["labels"])
+        total += len(ours)
+    # The checkpoint must really fire, or this test proves nothing.
+    assert total >= 5 * 20
+    assert len({int(l) for r in ref for l in r["labels"]}) >= 3
+
+
+def test_batched_detection_moves_at_most_a_few_boxes(firing_checkpoint):
+    images = [synthetic_frame(i, 160, 120, seed=6) for i in range(4)]
+    det = Detector.from_config(parity_cfg(firing_checkpoint))
+    ref = torchvision_reference(PARITY_MODEL, firing_checkpoint, images, box_score_thresh=0.5,
+                                min_size=PARITY_MIN_SIZE, max_size=PARITY_MAX_SIZE)
+    result = det.detect(frames_of(images))
+    matched = unmatched = 0
+    for ours, r in zip(result.detections, ref):
+        m, u_ours, u_ref = match_detections(ours.to_json_list(), r)
+        matched, unmatched = matched + m, unmatched + max(u_ours, u_ref)
+    assert matched >= 60
+    assert unmatched <= max(2, 0.02 * matched)
+    assert result.times.inference > 0
+
+
+def test_class_allow_list_and_max_detections(firing_checkpoint):
+    img = synthetic_frame(3, 160, 120, seed=5)
+    full = Detector.from_config(parity_cfg(firing_checkpoint, max_detections=1000)).detect(frames_of([img])).detections[0]
+    assert len(full) < 300
+    top_name = max(set(full.names), key=full.names.count)
+    only = Detector.from_config(parity_cfg(firing_checkpoint, classes=(top_name,), max_detections=40)).detect(frames_of([img])).detections[0]
+    assert set(only.names) == {top_name}
+    # The allow-list filters before the per-frame cap, so the cap counts allowed classes only.
+    assert len(only) == min(40, full.names.count(top_name))
+    np.testing.assert_allclose(only.scores, full.scores[np.array(full.names) == top_name][:40], atol=1e-6)
+    capped = Detector.from_config(parity_cfg(firing_checkpoint, max_detections=3)).detect(frames_of([img])).detections[0]
+    np.testing.assert_allclose(capped.scores, full.scores[:3], atol=1e-6)
+
+
+def test_unknown_allow_list_class(firing_checkpoint):
+    with pytest.raises(ModelError, match="unknown class name.*unicorn"):
+        Detector.from_config(parity_cfg(firing_checkpoint, classes=("person", "unicorn")))
+
+
+def test_checkpoint_with_embedded_names_and_labels_file(tmp_path, small_checkpoint):
+    from fpnstream.testing import make_firing_model, save_checkpoint
+
+    model = make_firing_model(SMALL_MODEL, [synthetic_frame(0, 160, 120)], num_classes=4, boosted_labels=(1, 2))
+    names = ["__background__", "forklift", "pallet", "worker"]
+    ckpt = save_checkpoint(model, tmp_path / "custom.pt", class_names=names)
+    _, got = build_model(ModelConfig(name=SMALL_MODEL, weights=str(ckpt)))
+    assert got == names
+    labels = tmp_path / "labels.txt"
+    labels.write_text("truck\ncone\nvest\n")  # background omitted
+    _, got = build_model(ModelConfig(name=SMALL_MODEL, weights=str(ckpt), labels=str(labels)))
+    assert got == ["__background__", "truck", "cone", "vest"]
+    labels.write_text("a\nb\n")
+    with pytest.raises(ModelError, match="2 class names given for a model with 4 classes"):
+        build_model(ModelConfig(name=SMALL_MODEL, weights=str(ckpt), labels=str(labels)))
+
+
+def test_checkpoint_for_other_architecture_rejected(small_checkpoint):
+    with pytest.raises(ModelError, match="does not match fasterrcnn_resnet50_fpn"):
+        build_model(ModelConfig(name="fasterrcnn_resnet50_fpn", weights=str(small_checkpoint)))
+
+
+def test_bad_weights_files(tmp_path):
+    with pytest.raises(ModelError, match="weights file not found"):
+        build_model(ModelConfig(name=SMALL_MODEL, weights=str(tmp_path / "missing.pth")))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="not a readable PyTorch checkpoint"):
+        build_model(ModelConfig(name=SMALL_MODEL, weights=str(junk)))
+
+
+def test_frozen_bn_layout_checkpoint_loads(tmp_path, small_checkpoint):
+    """Checkpoints fine-tuned from torchvision's pretrained models lack num_batches_tracked."""
+    state = torch.load(small_checkpoint, weights_only=True)  # a bare state_dict
+    stripped = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    assert len(stripped) < len(state)
+    torch.save(stripped, tmp_path / "frozen.pth")
+    model, _ = build_model(ModelConfig(name=SMALL_MODEL, weights=str(tmp_path / "frozen.pth")))
+    assert torch.equal(model.state_dict()["roi_heads.box_predictor.cls_score.weight"],
+                       state["roi_heads.box_predictor.cls_score.weight"])
+
+
+def test_default_weights_offline_fail_clearly_or_fall_back(tmp_path, monkeypatch, caplog):
+    # No network here and an empty TORCH_HOME: the download must fail with a clear message.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(ModelError, match="cannot get pretrained weights .*--weights PATH"):
+        build_model(ModelConfig(name=SMALL_MODEL, weights="DEFAULT"))
+    model, names = build_model(ModelConfig(name=SMALL_MODEL, weights="DEFAULT", weights_fallback="random"))
+    assert names == list(COCO_CATEGORIES)
+    assert "RANDOM weights" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn"])
+def test_other_architectures_build_and_run(name):
+    det = Detector.from_config(ModelConfig(name=name, weights="none", device="cpu", min_size=64, max_size=96, score_threshold=0.0))
+    result = det.detect(frames_of([synthetic_frame(0, 96, 64)]))
+    assert len(result.detections) == 1 and result.metas[0].width == 96
+
+
+def test_cuda_requested_without_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    with pytest.raises(ModelError, match="CUDA is not available"):
+        Detector.from_config(ModelConfig(name=SMALL_MODEL, weights="none", device="cuda"))
+
+
+@pytest.mark.gpu
+def test_gpu_detector_matches_cpu_closely(small_checkpoint):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    img = synthetic_frame(0, 160, 120)
+    cpu = Detector.from_config(ModelConfig(name=SMALL_MODEL, weights=str(small_checkpoint), device="cpu")).detect(frames_of([img]))
+    gpu = Detector.from_config(ModelConfig(name=SMALL_MODEL, weights=str(small_checkpoint), device="cuda")).detect(frames_of([img]))
+    m, u_ours, u_ref = match_detections(gpu.detections[0].to_json_list(), {
+        "boxes": cpu.detections[0].boxes, "scores": cpu.detections[0].scores, "labels": cpu.detections[0].labels},
+        box_tol=0.5, score_tol=1e-2)
+    assert m >= 0.9 * len(cpu.detections[0])
