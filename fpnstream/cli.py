@@ -11,6 +11,7 @@ import sys
 import threading
 from typing import Any, Sequence
 
+from fpnstream.config import MODEL_NAMES
 from fpnstream.errors import ConfigError, FpnstreamError, SinkError
 from fpnstream.redact import redact_text
 
@@ -43,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--redis-url", help="redis://[:password@]host:port/db or rediss://; default: embedded Redis")
     run.add_argument("--redis-prefix", help="key prefix (keys are PREFIX:detections:STREAM)")
     run.add_argument("--redis-maxlen", type=int, help="approximate max entries kept per stream (0: unbounded)")
-    run.add_argument("--model", help="fasterrcnn_resnet50_fpn | _v2 | fasterrcnn_mobilenet_v3_large_fpn | _320_fpn")
-    run.add_argument("--weights", help="DEFAULT | none | PATH to a state_dict")
+    run.add_argument("--model", help="one of: " + ", ".join(MODEL_NAMES))
+    run.add_argument("--weights", help="DEFAULT (or a torchvision enum member, e.g. COCO_V1) | none | PATH to a state_dict")
     run.add_argument("--labels", help="class names file, one per line")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"])
     run.add_argument("--score-threshold", type=float)
@@ -80,10 +81,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def run_overrides(a: argparse.Namespace) -> dict[str, Any]:
     sources = None
+    if a.fps is not None and not a.source:
+        raise ConfigError("--fps applies to --source; set fps per source in the config file instead")
     if a.source:
         from fpnstream.sources.spec import parse_source_arg
 
-        sources = [{**parse_source_arg(s).model_dump(exclude_none=True), **({"fps": a.fps} if a.fps else {})} for s in a.source]
+        sources = [{**parse_source_arg(s).model_dump(exclude_none=True), **({"fps": a.fps} if a.fps is not None else {})} for s in a.source]
     return {
         "sources": sources,
         "redis.url": a.redis_url,

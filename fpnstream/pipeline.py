@@ -211,6 +211,7 @@ class Pipeline:
         return RunReport(self._reports, time.monotonic() - started)
 
     def _update_gauges(self) -> None:
-        for sid, depth in self._mux.depths().items():
-            self._metrics.queue_depth.labels(f"frames:{sid}").set(depth)
+        depths = self._mux.depths()  # a drained, finished stream is gone from here: report 0
+        for sid in self._reports:
+            self._metrics.queue_depth.labels(f"frames:{sid}").set(depths.get(sid, 0))
         self._metrics.queue_depth.labels("inflight_batches").set(self._inflight.qsize())

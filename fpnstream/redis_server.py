@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 
@@ -20,10 +21,13 @@ log = logging.getLogger(__name__)
 def connect(url: str, socket_timeout_s: float = 10.0) -> redis.Redis:
     """Connect and PING, turning every failure into one readable line without the password."""
     shown = redact_url(url)
+    has_password = urlsplit(url).password is not None
     try:
         client = redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
         client.ping()
     except redis.AuthenticationError:
+        if not has_password:
+            raise SinkError(f"Redis at {shown} needs a password: put it in the URL, redis://:PASSWORD@host") from None
         raise SinkError(f"Redis at {shown} rejected the credentials (wrong password or user)") from None
     except redis.ResponseError as e:
         if "NOAUTH" in str(e) or "WRONGPASS" in str(e):

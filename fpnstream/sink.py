@@ -29,7 +29,10 @@ class RedisStreamSink:
         self._clock = clock
 
     def publish(self, result: BatchResult) -> list[float]:
-        """Write the batch in one round trip; returns capture->publish seconds per frame.
+        """Write the batch in one round trip; returns capture->acknowledged seconds per frame.
+
+        The payload's latency_ms is taken just before the write (it has to be inside the
+        entry); the returned figures, used for metrics, include the Redis round trip.
 
         Within a batch frames of one stream keep their order, and batches are published in
         the order they were formed, so each Redis stream is in frame order.
@@ -47,4 +50,5 @@ class RedisStreamSink:
             pipe.execute()
         except redis.RedisError as e:
             raise SinkError(f"publishing to Redis failed: {redact_text(str(e))}") from None
-        return [now - m.capture_ts for m in result.metas]
+        done = self._clock()
+        return [done - m.capture_ts for m in result.metas]

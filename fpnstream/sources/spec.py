@@ -65,8 +65,14 @@ def default_stream_id(uri: str) -> str:
 
 
 def resolve_sources(configs: Iterable[SourceConfig]) -> list[SourceSpec]:
+    configs = list(configs)
     specs: list[SourceSpec] = []
-    taken: set[str] = set()
+    # Explicit ids win over generated ones whatever their order on the command line.
+    explicit = [c.id for c in configs if c.id is not None]
+    dupes = sorted({i for i in explicit if explicit.count(i) > 1})
+    if dupes:
+        raise SourceError(f"duplicate stream id {dupes[0]!r}")
+    taken: set[str] = set(explicit)
     for cfg in configs:
         scheme = _scheme(cfg.uri)
         if scheme not in ("", "file") and scheme not in LIVE_SCHEMES:
@@ -75,8 +81,6 @@ def resolve_sources(configs: Iterable[SourceConfig]) -> list[SourceSpec]:
                 "use a file path, file://, rtsp://, rtmp://, srt://, udp:// or http(s)://"
             )
         if cfg.id is not None:
-            if cfg.id in taken:
-                raise SourceError(f"duplicate stream id {cfg.id!r}")
             sid = cfg.id
         else:
             base = default_stream_id(cfg.uri)

@@ -53,3 +53,8 @@ def test_unknown_scheme_rejected_without_credentials():
 def test_display_redacts():
     (spec,) = resolve_sources([SourceConfig(uri="rtsp://bob:pw123@host:8554/live")])
     assert spec.display == "rtsp://***@host:8554/live"
+
+
+def test_explicit_id_wins_over_generated_one_in_any_order():
+    specs = resolve_sources([SourceConfig(uri="a.mp4"), SourceConfig(uri="b.mp4", id="a")])
+    assert [s.stream_id for s in specs] == ["a-2", "a"]

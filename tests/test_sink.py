@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from fpnstream.errors import SinkError
+from fpnstream.frames import BatchResult, Detections, FrameMeta, StageTimes
+from fpnstream.redis_server import connect
+from fpnstream.schema import decode_entry
+from fpnstream.sink import RedisStreamSink
+
+
+def batch(stream: str, start: int, n: int, ts: float = 1000.0) -> BatchResult:
+    metas = tuple(FrameMeta(stream, i, i / 30, ts, 64, 48) for i in range(start, start + n))
+    dets = tuple(
+        Detections(np.array([[1, 2, 30, 40]], np.float32), np.array([0.75], np.float32), np.array([3]), ("car",))
+        for _ in metas
+    )
+    return BatchResult(metas, dets, StageTimes(0, 0, 0))
+
+
+def test_publish_one_entry_per_frame_in_order(redis_proc):
+    client = redis_proc.client()
+    ticks = iter([1000.5, 1000.75, 1001.0, 1001.0])
+    sink = RedisStreamSink(client, "t", maxlen=0, model_name="m", clock=lambda: next(ticks))
+    lat = sink.publish(batch("cam", 0, 3))
+    sink.publish(batch("cam", 3, 2))
+    assert lat == [0.75, 0.75, 0.75]  # metrics include the write; the payload (below) does not
+    entries = client.xrange("t:detections:cam")
+    docs = [decode_entry(f) for _, f in entries]
+    assert [d["frame"] for d in docs] == [0, 1, 2, 3, 4]
+    assert docs[0]["detections"][0]["name"] == "car" and docs[0]["latency_ms"] == 500.0
+
+
+def test_approximate_maxlen_trims(redis_proc):
+    client = redis_proc.client()
+    sink = RedisStreamSink(client, "t", maxlen=10, model_name="m")
+    for k in range(50):
+        sink.publish(batch("cam", k * 10, 10))
+    n = client.xlen("t:detections:cam")
+    assert 10 <= n < 500  # approximate trimming keeps at least maxlen, far fewer than written
+
+
+def test_publish_failure_is_a_clear_error(redis_proc):
+    sink = RedisStreamSink(redis_proc.client(), "t", maxlen=0, model_name="m")
+    redis_proc.stop()
+    with pytest.raises(SinkError, match="publishing to Redis failed"):
+        sink.publish(batch("cam", 0, 1))
+
+
+def test_connect_errors_are_one_line_and_redacted(tmp_path):
+    from tests.conftest import RedisProc, free_port
+
+    with pytest.raises(SinkError, match="cannot reach Redis at redis://\\*\\*\\*@127.0.0.1") as e:
+        connect(f"redis://:hunter2@127.0.0.1:{free_port()}/0", socket_timeout_s=2)
+    assert "hunter2" not in str(e.value)
+    proc = RedisProc(tmp_path, "--requirepass", "right-pass")
+    try:
+        with pytest.raises(SinkError, match="rejected the credentials|needs a password") as e:
+            connect(f"redis://:wrong-pass@127.0.0.1:{proc.port}/0")
+        assert "wrong-pass" not in str(e.value)
+        with pytest.raises(SinkError, match="needs a password"):
+            connect(f"redis://127.0.0.1:{proc.port}/0")
+        assert connect(f"redis://:right-pass@127.0.0.1:{proc.port}/0").ping()
+    finally:
+        proc.stop()
