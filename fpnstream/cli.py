@@ -132,6 +132,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     stop = threading.Event()
     _install_stop_handlers(stop)
     report = run_job(cfg, stop)
+    for s in report.streams.values():
+        dropped = ", ".join(f"{k}={v}" for k, v in sorted(s.dropped.items())) or "none"
+        log.info("stream %s: decoded %d, published %d, dropped %s%s", s.stream_id, s.decoded, s.published,
+                 dropped, f", error: {s.error}" if s.error else "")
     failed = [s for s in report.streams.values() if s.error]
     rate = report.published / report.seconds if report.seconds > 0 else 0.0
     log.info(

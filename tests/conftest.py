@@ -135,3 +135,21 @@ def run_cli(*args: str, timeout: float = 240, cwd: Path | None = None, env: dict
         capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture
+def rtsp_url():
+    """A real RTSP server (GStreamer's gst-rtsp-server) on a free port."""
+    port = free_port()
+    proc = subprocess.Popen([SYSTEM_PYTHON, str(REPO / "tests" / "rtsp_server.py"), str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        proc.kill()
+        raise RuntimeError(f"rtsp server did not start: {proc.stderr.read()[-2000:]}")
+    yield f"rtsp://127.0.0.1:{port}/test"
+    proc.kill()
+    proc.wait(5)

@@ -105,3 +105,20 @@ def test_unreachable_rtsp_fails_fast_and_redacts():
         decoder(f"rtsp://admin:s3cret@127.0.0.1:{port}/cam", open_timeout_s=3, read_timeout_s=3).open()
     assert time.monotonic() - t < 10
     assert "s3cret" not in str(e.value) and "***@127.0.0.1" in str(e.value)
+
+
+def test_rtsp_live_stream_decodes_over_tcp(rtsp_url):
+    d = decoder(rtsp_url, open_timeout_s=10, read_timeout_s=10)
+    assert d.spec.live
+    frames = []
+    for f in d.frames():
+        frames.append(f)
+        if len(frames) == 10:
+            break
+    d.close()
+    assert [f.index for f in frames] == list(range(10))
+    assert (frames[0].width, frames[0].height) == (160, 120)
+    # RTSP gives no PTS until the first RTCP sender report; those frames carry None, not a guess.
+    pts = [f.pts for f in frames if f.pts is not None]
+    assert len(pts) >= 8 and all(b > a for a, b in zip(pts, pts[1:]))
+    assert frames[0].stream_id == "127.0.0.1-test"
