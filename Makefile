@@ -8,7 +8,7 @@ CA_BUNDLE := $(wildcard /etc/ssl/certs/ca-certificates.crt)
 PIP := $(BIN)/pip --isolated --disable-pip-version-check $(if $(CA_BUNDLE),--cert $(CA_BUNDLE))
 TORCH_PINS := "torch==2.13.*" "torchvision==0.28.*"
 
-.PHONY: setup run test clean
+.PHONY: setup sysdeps run test clean
 
 $(BIN)/fpnstream: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,7 +24,10 @@ run: setup
 	$(BIN)/fpnstream run --config configs/default.yaml
 	$(BIN)/fpnstream tail --count 3
 
-test: setup
+sysdeps:
+	bash scripts/system-deps.sh
+
+test: setup sysdeps
 	$(BIN)/python -m pytest -q tests
 
 clean:

@@ -7,7 +7,6 @@ import logging
 import threading
 
 import fpnstream
-from fpnstream.backends import DetectorBackend, InProcessBackend
 from fpnstream.config import AppConfig
 from fpnstream.errors import ConfigError
 from fpnstream.metrics import Metrics
@@ -20,9 +19,12 @@ from fpnstream.sources import VideoDecoder, resolve_sources
 log = logging.getLogger(__name__)
 
 
-def _backend(cfg: AppConfig, stack: contextlib.ExitStack) -> DetectorBackend:
+def _backend(cfg: AppConfig, stack: contextlib.ExitStack):
+    # torch (and Ray) load here, after the cheap checks: bad input fails in well under a second.
+    from fpnstream.backends import InProcessBackend
+
     if cfg.ray.in_process:
-        backend: DetectorBackend = InProcessBackend.from_config(cfg.model, cfg.ray)
+        backend = InProcessBackend.from_config(cfg.model, cfg.ray)
     else:
         import ray  # imported here so the in-process path works where Ray is not installed
 

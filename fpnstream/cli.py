@@ -124,10 +124,11 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from fpnstream.app import run_job
     from fpnstream.config import load_config
 
     cfg = load_config(a.config, run_overrides(a))
+    from fpnstream.app import run_job
+
     setup_logging(cfg.log_level)
     stop = threading.Event()
     _install_stop_handlers(stop)

@@ -12,15 +12,17 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from fpnstream.backends import DetectorBackend
 from fpnstream.batching import Batch, DropPolicy, FrameMux
 from fpnstream.config import BatchConfig
 from fpnstream.frames import BatchResult
 from fpnstream.metrics import Metrics
 from fpnstream.sink import RedisStreamSink
 from fpnstream.sources.decoder import VideoDecoder
+
+if TYPE_CHECKING:  # backends import torch; the pipeline itself does not need it
+    from fpnstream.backends import DetectorBackend
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Debian packages the test suite needs: redis-server (tests start their own servers) and
+# GStreamer's RTSP server with PyGObject (a real RTSP server we did not write).
+# Installs only what is missing; needs root (or sudo) and apt-get.
+set -euo pipefail
+
+have_rtsp() {
+  /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer" 2>/dev/null \
+    && command -v gst-inspect-1.0 >/dev/null && gst-inspect-1.0 x264enc >/dev/null 2>&1 \
+    && gst-inspect-1.0 rtph264pay >/dev/null 2>&1 && gst-inspect-1.0 videotestsrc >/dev/null 2>&1
+}
+
+if command -v redis-server >/dev/null && have_rtsp; then
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends \
+  redis-server python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools \
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly >/dev/null
+have_rtsp || { echo "system-deps: GStreamer RTSP server still unusable after install" >&2; exit 1; }
