@@ -1,70 +1,100 @@
-"""`fpnstream run`: build the stages from a config, run the pipeline, clean up."""
+"""`fpnstream run`: build the stages from a config, run them, clean up."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from prometheus_client import CollectorRegistry
 
 import fpnstream
 from fpnstream.config import AppConfig
+from fpnstream.control import expand_env
 from fpnstream.errors import ConfigError
-from fpnstream.metrics import Metrics
+from fpnstream.metrics import Metrics, serve
 from fpnstream.pipeline import Pipeline, RunReport
 from fpnstream.redis_server import EmbeddedRedis, connect
 from fpnstream.redact import redact_url
 from fpnstream.sink import RedisStreamSink
-from fpnstream.sources import VideoDecoder, resolve_sources
+from fpnstream.sources import SourceSpec, VideoDecoder, resolve_sources
 
 log = logging.getLogger(__name__)
 
 
-def _backend(cfg: AppConfig, stack: contextlib.ExitStack):
-    # torch (and Ray) load here, after the cheap checks: bad input fails in well under a second.
-    from fpnstream.backends import InProcessBackend
+def probe_sources(specs: list[SourceSpec], cfg: AppConfig) -> None:
+    """Open every source once, in parallel, so bad input fails before anything runs."""
 
-    if cfg.ray.in_process:
-        backend = InProcessBackend.from_config(cfg.model, cfg.ray)
-    else:
-        import ray  # imported here so the in-process path works where Ray is not installed
-
-        from fpnstream.ray_backend import RayBackend
-
-        started_ray = not ray.is_initialized()
-        if started_ray:
-            stack.callback(ray.shutdown)
-        backend = RayBackend.from_config(cfg.model, cfg.ray)
-    stack.callback(backend.close)
-    return backend
-
-
-def run_job(cfg: AppConfig, stop: threading.Event, metrics: Metrics | None = None) -> RunReport:
-    specs = resolve_sources(cfg.sources)
-    if not specs:
-        raise ConfigError("no sources: pass --source [ID=]URI or list sources: in the config")
-    with contextlib.ExitStack() as stack:
-        # Cheap checks first, so bad input fails in milliseconds, before a model is loaded.
-        decoders = [VideoDecoder(spec, cfg.decode) for spec in specs]
-        for d in decoders:
-            stack.callback(d.close)
+    def probe(spec: SourceSpec) -> None:
+        d = VideoDecoder(spec, cfg.decode)
+        try:
             d.open()
-        if cfg.redis.url:
-            redis_url = cfg.redis.url
-        else:
-            embedded = stack.enter_context(EmbeddedRedis(cfg.redis.embedded_dir))
-            redis_url = embedded.url
-            log.info("embedded Redis at %s (data in %s)", redis_url, embedded.data_dir)
+        finally:
+            d.close()
+
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(specs)))) as pool:
+        for fut in [pool.submit(probe, s) for s in specs]:
+            fut.result()  # the first failure, in source order
+
+
+def _redis(cfg: AppConfig, stack: contextlib.ExitStack) -> str:
+    if cfg.redis.url:
+        return cfg.redis.url
+    if cfg.ray.address and not cfg.ray.in_process:
+        raise ConfigError("joining a Ray cluster needs --redis-url: workers on other nodes cannot reach an embedded Redis")
+    embedded = stack.enter_context(EmbeddedRedis(cfg.redis.embedded_dir))
+    log.info("embedded Redis at %s (data in %s)", embedded.url, embedded.data_dir)
+    return embedded.url
+
+
+def run_job(cfg: AppConfig, stop: threading.Event, environ=os.environ) -> RunReport:
+    specs = [SourceSpec(s.stream_id, expand_env(s.uri, environ), s.live, s.fps) for s in resolve_sources(cfg.sources)]
+    if not specs and not cfg.keep_alive:
+        raise ConfigError("no sources: pass --source [ID=]URI, list sources: in the config, or use --keep-alive")
+    with contextlib.ExitStack() as stack:
+        # Cheap checks first, so bad input fails in well under a second, before a model loads.
+        probe_sources(specs, cfg)
+        redis_url = _redis(cfg, stack)
         client = connect(redis_url, cfg.redis.socket_timeout_s)
         stack.callback(client.close)
-        metrics = metrics or Metrics()
-        metrics.serve(cfg.metrics.port, cfg.metrics.host)
-        backend = _backend(cfg, stack)
+        log.info("running %d stream(s) -> %s (key prefix %s:detections:)", len(specs), redact_url(redis_url), cfg.redis.prefix)
+        if cfg.ray.in_process:
+            return _run_in_process(cfg, specs, client, stop)
+        return _run_on_ray(cfg, client, redis_url, stop, stack)
+
+
+def _run_in_process(cfg: AppConfig, specs: list[SourceSpec], client, stop: threading.Event) -> RunReport:
+    from fpnstream.backends import InProcessBackend  # torch loads here, after the cheap checks
+
+    metrics = Metrics()
+    serve(metrics.registry, cfg.metrics.port, cfg.metrics.host)
+    backend = InProcessBackend.from_config(cfg.model, cfg.ray)
+    try:
         metrics.build_info.info({"version": fpnstream.__version__, "model": backend.model_name, "device": backend.device})
         sink = RedisStreamSink(client, cfg.redis.prefix, cfg.redis.maxlen, backend.model_name)
-        log.info(
-            "running %d stream(s) -> %s (key prefix %s:detections:)",
-            len(specs), redact_url(redis_url), cfg.redis.prefix,
-        )
-        pipeline = Pipeline(decoders, backend, sink, metrics, cfg.batch, cfg.decode.queue_size,
-                            stop_grace_s=cfg.decode.read_timeout_s + 1.0)
+        freshness = cfg.batch.freshness_ms / 1000.0 if cfg.batch.freshness_ms else None
+        pipeline = Pipeline(backend, sink, metrics, cfg.batch, cfg.decode.queue_size, freshness_s=freshness,
+                            keep_open=cfg.keep_alive, stop_grace_s=cfg.stop_grace_s)
+        for spec in specs:
+            sink.claim(spec.stream_id, restart=True)
+            pipeline.add_source(VideoDecoder(spec, cfg.decode))
         return pipeline.run(stop)
+    finally:
+        backend.close()
+
+
+def _run_on_ray(cfg: AppConfig, client, redis_url: str, stop: threading.Event, stack: contextlib.ExitStack) -> RunReport:
+    import ray
+
+    from fpnstream.cluster import WorkerMetrics, connect as connect_ray, run_cluster
+
+    registry = CollectorRegistry()
+    worker_metrics = WorkerMetrics()
+    registry.register(worker_metrics)
+    serve(registry, cfg.metrics.port, cfg.metrics.host)
+    if not ray.is_initialized():
+        stack.callback(ray.shutdown)
+    connect_ray(cfg)
+    return run_cluster(cfg, list(cfg.sources), client, redis_url, worker_metrics, stop)

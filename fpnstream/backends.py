@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from fpnstream.config import ModelConfig, RayConfig
-from fpnstream.frames import BatchResult, Frame
+from fpnstream.frames import BatchResult, Frame, StageTimes
 from fpnstream.model import Detector
+
+# Called with a batch just before inference; returns the frames still worth detecting.
+Admit = Callable[[list[Frame]], list[Frame]]
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +21,7 @@ class DetectorBackend(Protocol):
     device: str
     max_inflight: int
 
-    def submit(self, frames: Sequence[Frame]) -> Future[BatchResult]: ...
+    def submit(self, frames: Sequence[Frame], admit: Admit | None = None) -> Future[BatchResult]: ...
 
     def close(self) -> None: ...
 
@@ -37,8 +40,15 @@ class InProcessBackend:
     def from_config(cls, model_cfg: ModelConfig, ray_cfg: RayConfig) -> InProcessBackend:
         return cls(Detector.from_config(model_cfg), ray_cfg.max_inflight_per_actor)
 
-    def submit(self, frames: Sequence[Frame]) -> Future[BatchResult]:
-        return self._pool.submit(self._detector.detect, list(frames))
+    def submit(self, frames: Sequence[Frame], admit: Admit | None = None) -> Future[BatchResult]:
+        return self._pool.submit(self._detect, list(frames), admit)
+
+    def _detect(self, frames: list[Frame], admit: Admit | None) -> BatchResult:
+        if admit is not None:
+            frames = admit(frames)
+        if not frames:
+            return BatchResult((), (), StageTimes(0.0, 0.0, 0.0))
+        return self._detector.detect(frames)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -87,6 +87,12 @@ class FrameMux:
                 self._queues[stream_id].closed = True
             self._cond.notify_all()
 
+    def seal(self) -> None:
+        """No new streams will come: once every stream is closed and drained, batching ends."""
+        with self._cond:
+            self._keep_open = False
+            self._cond.notify_all()
+
     def shutdown(self) -> None:
         """Wake everyone; blocked producers give up. Queued frames can still be taken."""
         with self._cond:

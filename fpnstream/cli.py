@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", help="join this Ray cluster ('auto' or host:port); default: local Ray")
     run.add_argument("--num-actors", type=int, help="detector actors (default: one per GPU, else 1)")
     run.add_argument("--in-process", action="store_true", default=None, help="detect in this process, without Ray")
+    run.add_argument("--freshness-ms", type=float, help="drop live frames older than this at inference (stale)")
+    run.add_argument("--stop-grace", type=float, help="seconds to drain on SIGINT/SIGTERM before exiting")
+    run.add_argument("--keep-alive", action="store_true", default=None,
+                     help="keep running when all sources have ended (add streams with `fpnstream streams add`)")
     run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     tail = sub.add_parser("tail", help="print published entries as JSON lines")
@@ -69,6 +73,19 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--stream", help="one stream id (default: all)")
     tail.add_argument("--count", type=int, default=10, help="last N entries per stream (default 10)")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
+
+    streams = sub.add_parser("streams", help="add, remove or list streams of a running job (through Redis)")
+    streams.add_argument("--config", help="YAML config (for redis settings)")
+    streams.add_argument("--redis-url", help="default: the embedded Redis of `run`")
+    streams.add_argument("--redis-prefix")
+    ssub = streams.add_subparsers(dest="streams_command", required=True)
+    s_add = ssub.add_parser("add", help="add a stream: [ID=]URI; write passwords as ${VAR} (expanded by the job)")
+    s_add.add_argument("source", metavar="[ID=]URI")
+    s_add.add_argument("--fps", type=float)
+    s_rm = ssub.add_parser("remove", help="stop a stream")
+    s_rm.add_argument("id")
+    s_ls = ssub.add_parser("list", help="state, fps, drops and last error per stream")
+    s_ls.add_argument("--json", action="store_true", help="one JSON object per line")
 
     synth = sub.add_parser("synth", help="write a synthetic test video (moving shapes)")
     synth.add_argument("out")
@@ -109,6 +126,9 @@ def run_overrides(a: argparse.Namespace) -> dict[str, Any]:
         "ray.num_actors": a.num_actors,
         "ray.in_process": a.in_process,
         "log_level": a.log_level,
+        "batch.freshness_ms": a.freshness_ms,
+        "stop_grace_s": a.stop_grace,
+        "keep_alive": a.keep_alive,
     }
 
 
@@ -151,7 +171,7 @@ def _tail_client(a: argparse.Namespace):
     from fpnstream.config import load_config
     from fpnstream.redis_server import EmbeddedRedis, connect
 
-    cfg = load_config(a.config, {"redis.url": a.redis_url, "redis.prefix": a.redis_prefix})
+    cfg = load_config(a.config, {"redis.url": a.redis_url, "redis.prefix": a.redis_prefix, "sources": []})
     if cfg.redis.url:
         return connect(cfg.redis.url, cfg.redis.socket_timeout_s), cfg, None
     embedded = EmbeddedRedis(cfg.redis.embedded_dir)
@@ -159,6 +179,39 @@ def _tail_client(a: argparse.Namespace):
         raise SinkError(f"no embedded Redis data in {embedded.data_dir}: run `fpnstream run` first, or pass --redis-url")
     embedded.start()
     return connect(embedded.url, cfg.redis.socket_timeout_s), cfg, embedded
+
+
+def cmd_streams(a: argparse.Namespace) -> int:
+    from fpnstream.control import read_status, send_add, send_remove
+    from fpnstream.sources.spec import parse_source_arg
+
+    client, cfg, embedded = _tail_client(a)
+    try:
+        prefix = cfg.redis.prefix
+        if a.streams_command == "add":
+            src = parse_source_arg(a.source)
+            if a.fps is not None and a.fps <= 0:
+                raise ConfigError("--fps must be > 0")
+            send_add(client, prefix, src.id, src.uri, a.fps)
+            print(f"fpnstream: asked the job to add {redact_text(src.uri)}", file=sys.stderr)
+        elif a.streams_command == "remove":
+            send_remove(client, prefix, a.id)
+            print(f"fpnstream: asked the job to remove {a.id}", file=sys.stderr)
+        else:
+            rows = read_status(client, prefix)
+            if a.json:
+                for row in rows:
+                    print(json.dumps(row))
+            else:
+                cols = ("id", "state", "worker", "fps", "published", "decoded", "dropped", "moves", "error")
+                print("\t".join(cols))
+                for row in rows:
+                    print("\t".join(str(row.get(c, "")) for c in cols))
+        return 0
+    finally:
+        client.close()
+        if embedded:
+            embedded.stop()
 
 
 def cmd_tail(a: argparse.Namespace) -> int:
@@ -238,7 +291,7 @@ def cmd_synth(a: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     a = parser.parse_args(argv)
-    handlers = {"run": cmd_run, "tail": cmd_tail, "synth": cmd_synth}
+    handlers = {"run": cmd_run, "tail": cmd_tail, "streams": cmd_streams, "synth": cmd_synth}
     try:
         return handlers[a.command](a)
     except FpnstreamError as e:

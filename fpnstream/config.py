@@ -33,6 +33,10 @@ class DecodeConfig(_Strict):
 class BatchConfig(_Strict):
     max_size: int = Field(default=4, ge=1, le=256)
     max_wait_ms: float = Field(default=50.0, ge=0, le=60_000)
+    freshness_ms: float | None = Field(
+        default=2000.0, gt=0, le=3_600_000,
+        description="a live frame older than this at inference time is dropped as 'stale'; null: never",
+    )
 
 
 MODEL_NAMES = (
@@ -113,6 +117,8 @@ class AppConfig(_Strict):
     redis: RedisConfig = RedisConfig()
     metrics: MetricsConfig = MetricsConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    stop_grace_s: float = Field(default=30.0, gt=0, le=3600, description="on SIGTERM: time to drain before exit")
+    keep_alive: bool = Field(default=False, description="keep running when every source has ended (streams added at runtime)")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

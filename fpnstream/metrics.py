@@ -35,10 +35,13 @@ class Metrics:
         for stage in STAGES:  # export zero-count series so dashboards see every stage from the start
             self.stage_seconds.labels(stage)
 
-    def serve(self, port: int, host: str) -> None:
-        if port == 0:
-            return
-        try:
-            start_http_server(port, addr=host, registry=self.registry)
-        except OSError as e:
-            raise FpnstreamError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None
+
+
+def serve(registry: CollectorRegistry, port: int, host: str) -> None:
+    """Expose `registry` on http://host:port/metrics (port 0: don't)."""
+    if port == 0:
+        return
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as e:
+        raise FpnstreamError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None

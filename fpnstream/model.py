@@ -1,7 +1,7 @@
 """The detector stage: a torchvision FPN Faster R-CNN turning frames into `Detections`.
 
-Plain Python, no Ray: `fpnstream.ray_backend` wraps it in an actor, the in-process
-pipeline calls it directly.
+Plain Python, no Ray: a `StreamWorker` (fpnstream.worker) holds one inside a Ray actor,
+the in-process pipeline calls it directly.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""Wires the stages together: decoder threads -> FrameMux -> batcher -> detector backend -> sink.
+"""Wires the stages together: decoder threads -> FrameMux -> batcher -> detector -> sink.
 
 Per stream, frames are queued in decode order, batches are submitted and published in the
-order they were formed, so every Redis stream receives its frames in order.
+order they were formed, so every Redis stream receives its frames in order. Sources can be
+added and removed while it runs (a cluster worker does that); the CLI's in-process path
+adds them all up front and runs until they end.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
 from fpnstream.batching import Batch, DropPolicy, FrameMux
 from fpnstream.config import BatchConfig
-from fpnstream.frames import BatchResult
+from fpnstream.frames import BatchResult, Frame
 from fpnstream.metrics import Metrics
 from fpnstream.sink import RedisStreamSink
 from fpnstream.sources.decoder import VideoDecoder
@@ -26,15 +28,24 @@ if TYPE_CHECKING:  # backends import torch; the pipeline itself does not need it
 
 log = logging.getLogger(__name__)
 
+# Stream states, as shown by `fpnstream streams list` and in the status hash.
+STARTING, STREAMING, DRAINING = "starting", "streaming", "draining"  # draining: source ended, frames in flight
+FINISHED, STOPPED, FAILED, MOVED = "finished", "stopped", "failed", "moved"
+ENDED_STATES = frozenset({FINISHED, STOPPED, FAILED, MOVED})
+
 
 @dataclass
 class StreamReport:
     stream_id: str
+    live: bool = False
+    state: str = STARTING
     decoded: int = 0
     published: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     warning: str | None = None
     error: str | None = None
+    last_frame_ts: float | None = None  # wall time of the newest published frame
+    fps: float = 0.0  # published frames per second, smoothed
 
 
 @dataclass
@@ -47,36 +58,85 @@ class RunReport:
         return sum(s.published for s in self.streams.values())
 
 
+@dataclass
+class _Source:
+    decoder: VideoDecoder
+    stop: threading.Event
+    thread: threading.Thread | None = None
+
+
 _END = object()
 
 
 class Pipeline:
     def __init__(
         self,
-        decoders: list[VideoDecoder],
         backend: DetectorBackend,
         sink: RedisStreamSink,
         metrics: Metrics,
         batch: BatchConfig,
         queue_size: int,
+        freshness_s: float | None = None,
+        keep_open: bool = False,
         stop_grace_s: float = 10.0,
     ) -> None:
-        self._decoders = decoders
         self._backend = backend
         self._sink = sink
         self._metrics = metrics
         self._batch = batch
+        self._queue_size = queue_size
+        self._freshness_s = freshness_s
         self._stop_grace_s = stop_grace_s
-        self._reports = {d.spec.stream_id: StreamReport(d.spec.stream_id) for d in decoders}
-        self._mux = FrameMux(on_drop=self._count_drop)
-        for d in decoders:
-            policy = DropPolicy.DROP_OLDEST if d.spec.live else DropPolicy.BLOCK
-            self._mux.add_stream(d.spec.stream_id, queue_size, policy)
-        # Bounded: when detectors are busy the batcher blocks, then the queues fill, then file
+        self._sources: dict[str, _Source] = {}
+        self._reports: dict[str, StreamReport] = {}
+        self._mux = FrameMux(on_drop=self._count_drop, keep_open=keep_open)
+        # Bounded: when the detector is busy the batcher blocks, then the queues fill, then file
         # decoders block (live ones drop oldest) — backpressure all the way to the source.
         self._inflight: queue.Queue = queue.Queue(maxsize=max(1, backend.max_inflight))
         self._fatal: BaseException | None = None
         self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._started_at: float | None = None
+        self._fps_window: dict[str, tuple[float, int]] = {}
+        self._pending: dict[str, int] = {}  # accepted frames not yet published or dropped
+
+    # -- sources ---------------------------------------------------------------------------
+    def add_source(self, decoder: VideoDecoder) -> None:
+        sid = decoder.spec.stream_id
+        with self._lock:
+            old = self._sources.get(sid)
+            if old is not None and self._reports[sid].state not in ENDED_STATES:
+                raise ValueError(f"stream {sid!r} is already running")
+            self._mux.add_stream(sid, self._queue_size, DropPolicy.DROP_OLDEST if decoder.spec.live else DropPolicy.BLOCK)
+            self._reports[sid] = StreamReport(sid, live=decoder.spec.live)
+            self._pending[sid] = 0
+            src = self._sources[sid] = _Source(decoder, threading.Event())
+            if self._started_at is not None:
+                self._start_decoder(src)
+
+    def remove_source(self, stream_id: str, state: str = STOPPED) -> None:
+        """Stop reading a stream; frames already queued are still detected and published."""
+        with self._lock:
+            src = self._sources.get(stream_id)
+            if src is None:
+                return
+            src.stop.set()
+            report = self._reports[stream_id]
+            if report.state not in ENDED_STATES or state == MOVED:
+                report.state = state
+        self._mux.close_stream(stream_id)
+
+    def stop_reading(self) -> None:
+        for sid in list(self._sources):
+            self.remove_source(sid)
+
+    def seal(self) -> None:
+        """No sources will be added any more: finish once the current ones are drained."""
+        self._mux.seal()
+
+    def snapshot(self) -> dict[str, StreamReport]:
+        with self._lock:
+            return {sid: replace(r, dropped=dict(r.dropped)) for sid, r in self._reports.items()}
 
     # -- counters ----------------------------------------------------------------------------
     def _count_drop(self, stream_id: str, reason: str, n: int = 1) -> None:
@@ -84,6 +144,15 @@ class Pipeline:
         with self._lock:
             d = self._reports[stream_id].dropped
             d[reason] = d.get(reason, 0) + n
+            if reason in ("queue_full", "stale"):  # accepted frames that leave without publishing
+                self._settle(stream_id, n)
+
+    def _settle(self, stream_id: str, n: int) -> None:
+        """`n` accepted frames of a stream are done with (caller holds the lock)."""
+        self._pending[stream_id] -= n
+        report = self._reports[stream_id]
+        if report.state == DRAINING and self._pending[stream_id] <= 0:
+            report.state = FINISHED
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
@@ -92,38 +161,68 @@ class Pipeline:
         self._mux.shutdown()
 
     # -- stages ------------------------------------------------------------------------------
-    def _decode(self, decoder: VideoDecoder, stop: threading.Event) -> None:
+    def _start_decoder(self, src: _Source) -> None:
+        src.thread = threading.Thread(target=self._decode, args=(src,), name=f"decode-{src.decoder.spec.stream_id}", daemon=True)
+        src.thread.start()
+
+    def _decode(self, src: _Source) -> None:
+        decoder = src.decoder
         sid = decoder.spec.stream_id
         report = self._reports[sid]
         decoded_metric = self._metrics.frames_decoded.labels(sid)
         decode_hist = self._metrics.stage_seconds.labels("decode")
         seen_decoded = seen_sampled = 0
-        try:
-            t = time.perf_counter()
-            for frame in decoder.frames():
-                now = time.perf_counter()
-                decode_hist.observe(now - t)
-                decoded_metric.inc(decoder.frames_decoded - seen_decoded)
-                if decoder.frames_sampled_out != seen_sampled:
-                    self._count_drop(sid, "sampled", decoder.frames_sampled_out - seen_sampled)
-                seen_decoded, seen_sampled = decoder.frames_decoded, decoder.frames_sampled_out
-                report.decoded = seen_decoded
-                if not self._mux.put(frame) or stop.is_set():
-                    break
-                t = time.perf_counter()
+
+        def account() -> None:
+            nonlocal seen_decoded, seen_sampled
             decoded_metric.inc(decoder.frames_decoded - seen_decoded)
             if decoder.frames_sampled_out != seen_sampled:
                 self._count_drop(sid, "sampled", decoder.frames_sampled_out - seen_sampled)
-            report.decoded = decoder.frames_decoded
+            seen_decoded, seen_sampled = decoder.frames_decoded, decoder.frames_sampled_out
+            report.decoded = seen_decoded
+
+        try:
+            t = time.perf_counter()
+            for frame in decoder.frames():
+                decode_hist.observe(time.perf_counter() - t)
+                if report.state == STARTING:
+                    report.state = STREAMING
+                account()
+                with self._lock:
+                    self._pending[sid] += 1  # before put: the batcher may take it at once
+                if src.stop.is_set() or not self._mux.put(frame):
+                    with self._lock:
+                        self._pending[sid] -= 1
+                    # Decoded after the stop: never accepted, but accounted for.
+                    self._count_drop(sid, "stopped")
+                    break
+                t = time.perf_counter()
+            account()
             if decoder.warning:
                 report.warning = decoder.warning
                 log.warning("%s", decoder.warning)
+            with self._lock:
+                if report.state in (STARTING, STREAMING):
+                    report.state = FINISHED if self._pending[sid] <= 0 else DRAINING
         except Exception as e:  # one broken stream ends that stream, not the job
-            report.error = str(e)
+            report.error, report.state = str(e), FAILED
             log.error("%s", e)
         finally:
             decoder.close()
             self._mux.close_stream(sid)
+
+    def _admit(self, frames: list[Frame]) -> list[Frame]:
+        """Right before inference: drop live frames older than the freshness limit."""
+        if self._freshness_s is None:
+            return frames
+        now = time.time()
+        fresh = []
+        for f in frames:
+            if self._reports[f.stream_id].live and now - f.capture_ts > self._freshness_s:
+                self._count_drop(f.stream_id, "stale")
+            else:
+                fresh.append(f)
+        return fresh
 
     def _put_inflight(self, item: object) -> bool:
         while self._fatal is None:
@@ -147,7 +246,7 @@ class Pipeline:
                 for w in batch.waits:
                     wait_hist.observe(w)
                 self._metrics.batch_size.observe(len(batch.frames))
-                if not self._put_inflight(self._backend.submit(batch.frames)):
+                if not self._put_inflight(self._backend.submit(batch.frames, self._admit)):
                     break
         except Exception as e:
             self._fail(e)
@@ -168,31 +267,63 @@ class Pipeline:
                     return
                 assert isinstance(item, Future)
                 result: BatchResult = item.result()
+                if not result.metas:
+                    continue
                 m.stage_seconds.labels("preprocess").observe(result.times.preprocess)
                 m.stage_seconds.labels("inference").observe(result.times.inference)
                 m.stage_seconds.labels("postprocess").observe(result.times.postprocess)
                 t0 = time.perf_counter()
-                latencies = self._sink.publish(result)
+                published = self._sink.publish(result)
                 m.stage_seconds.labels("publish").observe(time.perf_counter() - t0)
-                for meta, latency in zip(result.metas, latencies):
-                    m.frames_published.labels(meta.stream_id).inc()
-                    m.end_to_end_seconds.labels(meta.stream_id).observe(latency)
-                    self._reports[meta.stream_id].published += 1
+                self._account_published(result, published)
         except BaseException as e:
             self._fail(e)
 
+    def _account_published(self, result: BatchResult, published) -> None:
+        now = time.time()
+        m = self._metrics
+        for meta, latency in zip(result.metas, published.latencies):
+            if meta.stream_id in published.fenced:
+                continue
+            m.frames_published.labels(meta.stream_id).inc()
+            m.end_to_end_seconds.labels(meta.stream_id).observe(latency)
+            report = self._reports[meta.stream_id]
+            report.published += 1
+            with self._lock:
+                self._settle(meta.stream_id, 1)
+            report.last_frame_ts = now
+            # Frames are published a batch at a time, so measure the rate over windows of 2 s.
+            start, count = self._fps_window.get(meta.stream_id, (now, 0))
+            if now - start >= 2.0:
+                report.fps = count / (now - start)
+                start, count = now, 0
+            self._fps_window[meta.stream_id] = (start, count + 1)
+        for sid in published.fenced:
+            log.warning("stream %s moved to another worker; this one stops feeding it", sid)
+            self.remove_source(sid, state=MOVED)
+
     # -- driver ------------------------------------------------------------------------------
-    def run(self, stop: threading.Event, on_tick: Callable[[], None] | None = None) -> RunReport:
-        """Run until every source ends, or `stop` is set (then drain what was decoded)."""
-        started = time.monotonic()
-        decoders = [
-            threading.Thread(target=self._decode, args=(d, stop), name=f"decode-{d.spec.stream_id}", daemon=True)
-            for d in self._decoders
+    def start(self) -> None:
+        self._started_at = time.monotonic()
+        self._threads = [
+            threading.Thread(target=self._batch_loop, name="batcher", daemon=True),
+            threading.Thread(target=self._publish_loop, name="publisher", daemon=True),
         ]
-        batcher = threading.Thread(target=self._batch_loop, name="batcher", daemon=True)
-        publisher = threading.Thread(target=self._publish_loop, name="publisher", daemon=True)
-        for t in (*decoders, batcher, publisher):
+        for t in self._threads:
             t.start()
+        with self._lock:
+            for src in self._sources.values():
+                if src.thread is None:
+                    self._start_decoder(src)
+
+    @property
+    def done(self) -> bool:
+        return bool(self._threads) and not self._threads[1].is_alive()
+
+    def wait(self, stop: threading.Event, on_tick: Callable[[], None] | None = None) -> RunReport:
+        """Until every source is done, or `stop` is set (then drain what was decoded)."""
+        assert self._started_at is not None, "start() first"
+        publisher = self._threads[1]
         stop_seen_at: float | None = None
         while publisher.is_alive():
             publisher.join(0.25)
@@ -202,18 +333,24 @@ class Pipeline:
             if stop.is_set() and stop_seen_at is None:
                 stop_seen_at = time.monotonic()
                 log.info("stopping: no new frames; draining what was decoded")
+                self.stop_reading()
+                self.seal()
             if stop_seen_at is not None and time.monotonic() - stop_seen_at > self._stop_grace_s:
-                # A decoder stuck in a blocking read must not hold the drain hostage.
-                for d in self._decoders:
-                    self._mux.close_stream(d.spec.stream_id)
-        batcher.join(5)
+                log.warning("grace period over; frames still queued are dropped")
+                self._mux.shutdown()
+                break
+        self._threads[0].join(5)
         self._update_gauges()
         if self._fatal is not None:
             raise self._fatal
-        return RunReport(self._reports, time.monotonic() - started)
+        return RunReport(self.snapshot(), time.monotonic() - self._started_at)
+
+    def run(self, stop: threading.Event, on_tick: Callable[[], None] | None = None) -> RunReport:
+        self.start()
+        return self.wait(stop, on_tick)
 
     def _update_gauges(self) -> None:
         depths = self._mux.depths()  # a drained, finished stream is gone from here: report 0
-        for sid in self._reports:
+        for sid in list(self._reports):
             self._metrics.queue_depth.labels(f"frames:{sid}").set(depths.get(sid, 0))
         self._metrics.queue_depth.labels("inflight_batches").set(self._inflight.qsize())

@@ -15,6 +15,11 @@ def stream_key(prefix: str, stream_id: str) -> str:
     return f"{prefix}:detections:{stream_id}"
 
 
+def status_key(prefix: str, stream_id: str) -> str:
+    """Hash of a stream's state and publish progress (last_frame, published, owner, ...)."""
+    return f"{prefix}:status:{stream_id}"
+
+
 def encode_entry(meta: FrameMeta, dets: Detections, model: str, published_ts: float) -> dict[str, str]:
     return {
         "v": SCHEMA_VERSION,

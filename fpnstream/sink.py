@@ -1,8 +1,17 @@
-"""The publish stage: one Redis Streams entry per frame, pipelined per batch."""
+"""The publish stage: one Redis Streams entry per frame, one round trip per batch.
+
+Writes go through a small Lua script so each stream's writes are idempotent and fenced:
+- a frame at or below the stream's recorded `last_frame` is skipped, so a retried batch or a
+  stream resumed on another worker never duplicates an entry;
+- a writer whose owner token is no longer the stream's owner (it was presumed dead and the
+  stream moved) is refused, so two workers never interleave one stream.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from itertools import groupby
 from typing import Callable
 
 import redis
@@ -10,7 +19,40 @@ import redis
 from fpnstream.errors import SinkError
 from fpnstream.frames import BatchResult
 from fpnstream.redact import redact_text
-from fpnstream.schema import encode_entry, stream_key
+from fpnstream.schema import encode_entry, status_key, stream_key
+
+# KEYS: stream key, status hash. ARGV: owner token ("" = unfenced), maxlen (0 = none),
+# entry count, then per entry: frame index, field count, field, value, ...
+_PUBLISH = """
+local owner = redis.call('HGET', KEYS[2], 'owner')
+if ARGV[1] ~= '' and owner and owner ~= ARGV[1] then return -1 end
+local last = tonumber(redis.call('HGET', KEYS[2], 'last_frame') or '-1')
+local maxlen = tonumber(ARGV[2])
+local i, written = 4, 0
+for _ = 1, tonumber(ARGV[3]) do
+  local frame, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  i = i + 2
+  if frame > last then
+    local args = {KEYS[1]}
+    if maxlen > 0 then args[#args + 1] = 'MAXLEN'; args[#args + 1] = '~'; args[#args + 1] = ARGV[2] end
+    args[#args + 1] = '*'
+    for f = i, i + 2 * n - 1 do args[#args + 1] = ARGV[f] end
+    redis.call('XADD', unpack(args))
+    last, written = frame, written + 1
+  end
+  i = i + 2 * n
+end
+redis.call('HSET', KEYS[2], 'last_frame', last)
+redis.call('HINCRBY', KEYS[2], 'published', written)
+return written
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    latencies: list[float]  # capture -> acknowledged, seconds, per frame of the batch
+    written: dict[str, int]  # entries actually added per stream (duplicates are skipped)
+    fenced: frozenset[str]  # streams this writer no longer owns: stop feeding them
 
 
 class RedisStreamSink:
@@ -24,31 +66,53 @@ class RedisStreamSink:
     ) -> None:
         self._client = client
         self._prefix = prefix
-        self._maxlen = maxlen or None
+        self._maxlen = maxlen
         self._model = model_name
         self._clock = clock
+        self._script = client.register_script(_PUBLISH)
+        self._owners: dict[str, str] = {}
 
-    def publish(self, result: BatchResult) -> list[float]:
-        """Write the batch in one round trip; returns capture->acknowledged seconds per frame.
+    def claim(self, stream_id: str, owner: str = "", restart: bool = False) -> int:
+        """Become the writer of `stream_id`; returns the next frame index to publish.
+
+        `restart` starts the stream's progress over (a new run); otherwise it resumes.
+        """
+        key = status_key(self._prefix, stream_id)
+        if restart:
+            self._client.hset(key, mapping={"last_frame": -1, "published": 0})
+        if owner:
+            self._client.hset(key, "owner", owner)
+        self._owners[stream_id] = owner
+        last = self._client.hget(key, "last_frame")
+        return int(last) + 1 if last is not None else 0
+
+    def publish(self, result: BatchResult) -> PublishResult:
+        """Write the batch in one round trip.
 
         The payload's latency_ms is taken just before the write (it has to be inside the
-        entry); the returned figures, used for metrics, include the Redis round trip.
-
-        Within a batch frames of one stream keep their order, and batches are published in
-        the order they were formed, so each Redis stream is in frame order.
+        entry); the returned latencies, used for metrics, include the Redis round trip.
         """
         now = self._clock()
         pipe = self._client.pipeline(transaction=False)
-        for meta, dets in zip(result.metas, result.detections):
-            pipe.xadd(
-                stream_key(self._prefix, meta.stream_id),
-                encode_entry(meta, dets, self._model, now),
-                maxlen=self._maxlen,
-                approximate=True,
-            )
+        order: list[str] = []
+        pairs = sorted(zip(result.metas, result.detections), key=lambda p: p[0].stream_id)  # stable: keeps frame order
+        for sid, group in groupby(pairs, key=lambda p: p[0].stream_id):
+            args: list = [self._owners.get(sid, ""), self._maxlen, 0]
+            count = 0
+            for meta, dets in group:
+                fields = encode_entry(meta, dets, self._model, now)
+                args += [meta.index, len(fields)]
+                for k, v in fields.items():
+                    args += [k, v]
+                count += 1
+            args[2] = count
+            self._script(keys=[stream_key(self._prefix, sid), status_key(self._prefix, sid)], args=args, client=pipe)
+            order.append(sid)
         try:
-            pipe.execute()
+            replies = pipe.execute()
         except redis.RedisError as e:
             raise SinkError(f"publishing to Redis failed: {redact_text(str(e))}") from None
         done = self._clock()
-        return [done - m.capture_ts for m in result.metas]
+        written = {sid: int(n) for sid, n in zip(order, replies) if n != -1}
+        fenced = frozenset(sid for sid, n in zip(order, replies) if n == -1)
+        return PublishResult([done - m.capture_ts for m in result.metas], written, fenced)

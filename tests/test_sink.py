@@ -21,7 +21,7 @@ def test_publish_one_entry_per_frame_in_order(redis_proc):
     client = redis_proc.client()
     ticks = iter([1000.5, 1000.75, 1001.0, 1001.0])
     sink = RedisStreamSink(client, "t", maxlen=0, model_name="m", clock=lambda: next(ticks))
-    lat = sink.publish(batch("cam", 0, 3))
+    lat = sink.publish(batch("cam", 0, 3)).latencies
     sink.publish(batch("cam", 3, 2))
     assert lat == [0.75, 0.75, 0.75]  # metrics include the write; the payload (below) does not
     entries = client.xrange("t:detections:cam")
@@ -62,3 +62,30 @@ def test_connect_errors_are_one_line_and_redacted(tmp_path):
         assert connect(f"redis://:right-pass@127.0.0.1:{proc.port}/0").ping()
     finally:
         proc.stop()
+
+
+def test_retried_and_resumed_batches_never_duplicate(redis_proc):
+    client = redis_proc.client()
+    sink = RedisStreamSink(client, "t", maxlen=0, model_name="m")
+    assert sink.claim("cam", restart=True) == 0
+    sink.publish(batch("cam", 0, 4))
+    again = sink.publish(batch("cam", 2, 4))  # frames 2-3 again (a retry), 4-5 new
+    assert again.written == {"cam": 2}
+    assert [decode_entry(f)["frame"] for _, f in client.xrange("t:detections:cam")] == [0, 1, 2, 3, 4, 5]
+    # A new writer resumes after the last published frame.
+    assert RedisStreamSink(client, "t", maxlen=0, model_name="m").claim("cam", owner="w2") == 6
+    assert client.hget("t:status:cam", "published") == b"6"
+
+
+def test_fenced_writer_is_refused_other_streams_still_written(redis_proc):
+    client = redis_proc.client()
+    old = RedisStreamSink(client, "t", maxlen=0, model_name="m")
+    old.claim("a", owner="tok-old", restart=True)
+    old.claim("b", owner="tok-b", restart=True)
+    new = RedisStreamSink(client, "t", maxlen=0, model_name="m")
+    assert new.claim("a", owner="tok-new") == 0  # the stream moved to another worker
+    metas = batch("a", 0, 2).metas + batch("b", 0, 2).metas
+    dets = batch("a", 0, 2).detections * 2
+    result = old.publish(BatchResult(metas, dets, StageTimes(0, 0, 0)))
+    assert result.fenced == {"a"} and result.written == {"b": 2}
+    assert client.xlen("t:detections:a") == 0 and client.xlen("t:detections:b") == 2

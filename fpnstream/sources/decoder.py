@@ -47,12 +47,18 @@ class VideoDecoder:
     After iteration, `warning` says whether the video ended before its declared length.
     """
 
-    def __init__(self, spec: SourceSpec, cfg: DecodeConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, spec: SourceSpec, cfg: DecodeConfig, clock: Callable[[], float] = time.time, start_index: int = 0,
+    ) -> None:
+        """`start_index` resumes a stream: a file skips the frames before it (they were
+        published already), a live stream numbers its frames from it."""
         self.spec = spec
         self._cfg = cfg
         self._clock = clock
         self._container: av.container.InputContainer | None = None
-        self.frames_decoded = 0
+        self.start_index = start_index
+        self.next_index = start_index if spec.live else 0
+        self.frames_decoded = 0  # decoded at or after start_index
         self.frames_sampled_out = 0
         self.warning: str | None = None
 
@@ -122,7 +128,10 @@ class VideoDecoder:
                         raise
                     continue
                 for av_frame in av_frames:
-                    index = self.frames_decoded
+                    index = self.next_index
+                    self.next_index += 1
+                    if index < self.start_index:
+                        continue
                     self.frames_decoded += 1
                     pts = float(av_frame.pts * av_frame.time_base) if av_frame.pts is not None and av_frame.time_base else None
                     t = pts if pts is not None else (index / rate if rate else float(index))
@@ -136,7 +145,7 @@ class VideoDecoder:
             if self.spec.live:
                 raise SourceError(f"source {self.spec.stream_id}: read failed: {_reason(e)}") from None
             self.warning = (
-                f"source {self.spec.stream_id}: decoding stopped after {self.frames_decoded} frames "
+                f"source {self.spec.stream_id}: decoding stopped after {self.next_index} frames "
                 f"({_reason(e)}); the file is probably truncated or corrupt"
             )
         else:
@@ -154,9 +163,9 @@ class VideoDecoder:
         """Compare what was decoded with what the container header declared (frame count or
         duration). MPEG-TS declares neither, so a cut TS file cannot be told from a short one."""
         declared = stream.frames or 0
-        if declared and self.frames_decoded < declared:
+        if declared and self.next_index < declared:
             return (
-                f"source {self.spec.stream_id}: video ended early: decoded {self.frames_decoded} of "
+                f"source {self.spec.stream_id}: video ended early: decoded {self.next_index} of "
                 f"{declared} declared frames (file truncated?)"
             )
         if stream.duration and stream.time_base:
@@ -172,7 +181,7 @@ class VideoDecoder:
                     f"source {self.spec.stream_id}: video ended early at {last_pts:.2f}s of "
                     f"{expected_end:.2f}s declared (file truncated?)"
                 )
-        if self.frames_decoded == 0:
+        if self.next_index == 0:
             return f"source {self.spec.stream_id}: no decodable frames in {self.spec.display}"
         return None
 
