@@ -7,6 +7,7 @@ coordinator only decides which worker feeds which stream.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -21,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from fpnstream.config import AppConfig, SourceConfig
-from fpnstream.control import control_key, expand_env, write_status
+from fpnstream.control import control_key, expand_env, workers_key, write_status
 from fpnstream.errors import FpnstreamError, ModelError
 from fpnstream.pipeline import ENDED_STATES, FAILED, FINISHED, MOVED, RunReport, StreamReport
 from fpnstream.redact import redact_text
@@ -133,7 +134,12 @@ class Coordinator:
             raise ModelError(f"stream worker died while starting: {str(e).splitlines()[0]}") from None
         for w, info in zip(self._workers, infos):
             w.incarnation, w.healthy, w.info = info["incarnation"], True, info
+            self._record_worker(w)
         log.info("%d stream worker(s) ready: %s on %s", n, infos[0]["model"], infos[0]["device"])
+
+    def _record_worker(self, w: _Worker) -> None:
+        """Where each worker runs (host, pid), for operators and for fault-injection tests."""
+        self._redis.hset(workers_key(self._prefix), str(w.index), json.dumps(w.info))
 
     @property
     def model_name(self) -> str:
@@ -244,6 +250,7 @@ class Coordinator:
             try:
                 info = ray.get(w.loading)
                 w.incarnation, w.info, w.healthy = info["incarnation"], info, True
+                self._record_worker(w)
                 log.info("worker %d is back", w.index)
             except (RayActorError, RayTaskError) as e:
                 log.warning("worker %d failed to reload: %s", w.index, type(e).__name__)

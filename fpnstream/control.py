@@ -25,6 +25,11 @@ def streams_key(prefix: str) -> str:
     return f"{prefix}:streams"
 
 
+def workers_key(prefix: str) -> str:
+    """Hash: worker index -> JSON {host, pid, device, ...} of the running job's workers."""
+    return f"{prefix}:workers"
+
+
 def expand_env(uri: str, environ: Mapping[str, str]) -> str:
     """Replace ${NAME} with the job's environment, so passwords never travel through Redis."""
 
