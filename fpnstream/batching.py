@@ -46,9 +46,16 @@ class FrameMux:
         on_drop: DropHook | None = None,
         clock: Callable[[], float] = time.monotonic,
         keep_open: bool = False,
+        stale_after_s: float | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         # keep_open: streams may be added later, so running out of streams is not the end.
         self._keep_open = keep_open
+        # Live frames older than this are skipped when a batch is formed, so under overload
+        # batch slots go to fresh frames of every stream instead of to frames that would be
+        # thrown away at inference anyway.
+        self._stale_after_s = stale_after_s
+        self._wall_clock = wall_clock
         self._queues: dict[str, _StreamQueue] = {}
         self._cond = threading.Condition()
         self._on_drop = on_drop or (lambda stream, reason: None)
@@ -115,7 +122,18 @@ class FrameMux:
     def _has_frames(self) -> bool:
         return any(q.items for q in self._queues.values())
 
+    def _skip_stale(self) -> None:
+        if self._stale_after_s is None:
+            return
+        cutoff = self._wall_clock() - self._stale_after_s
+        for sid, q in self._queues.items():
+            if q.policy is DropPolicy.DROP_OLDEST:
+                while q.items and q.items[0][0].capture_ts < cutoff:
+                    q.items.popleft()
+                    self._on_drop(sid, "stale")
+
     def _take_round_robin(self, out: list[tuple[Frame, float]], limit: int) -> None:
+        self._skip_stale()
         ids = list(self._queues)
         while len(out) < limit and self._has_frames():
             for k in range(len(ids)):

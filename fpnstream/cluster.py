@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -37,6 +38,9 @@ def connect(cfg: AppConfig) -> None:
     if ray.is_initialized():
         return
     kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, configure_logging=True, log_to_driver=True)
+    # Ray's core installs its own SIGTERM handler (log and die); ours must win so a SIGTERM
+    # drains in-flight frames instead of losing them.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if cfg.ray.address:
             ray.init(address=cfg.ray.address, **kwargs)
@@ -46,6 +50,10 @@ def connect(cfg: AppConfig) -> None:
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = cfg.ray.address or "a local instance"
         raise FpnstreamError(f"cannot start or join Ray ({where}): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if threading.current_thread() is threading.main_thread():
+        for sig, handler in previous.items():
+            if callable(handler):
+                signal.signal(sig, handler)
 
 
 class WorkerMetrics:

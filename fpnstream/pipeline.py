@@ -89,7 +89,7 @@ class Pipeline:
         self._stop_grace_s = stop_grace_s
         self._sources: dict[str, _Source] = {}
         self._reports: dict[str, StreamReport] = {}
-        self._mux = FrameMux(on_drop=self._count_drop, keep_open=keep_open)
+        self._mux = FrameMux(on_drop=self._count_drop, keep_open=keep_open, stale_after_s=freshness_s)
         # Bounded: when the detector is busy the batcher blocks, then the queues fill, then file
         # decoders block (live ones drop oldest) — backpressure all the way to the source.
         self._inflight: queue.Queue = queue.Queue(maxsize=max(1, backend.max_inflight))

@@ -24,7 +24,7 @@ def main() -> None:
         f"( videotestsrc is-live=true pattern=ball ! video/x-raw,width={width},height={height},framerate={fps}/1 "
         f"! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} ! rtph264pay name=pay0 pt=96 )"
     )
-    factory.set_shared(True)
+    factory.set_shared(False)  # each client its own encoder, like separate cameras
     server.get_mount_points().add_factory("/test", factory)
     if server.attach(None) == 0:
         sys.exit("rtsp server: cannot bind")

@@ -121,3 +121,17 @@ def test_many_streams_all_frames_exactly_once_in_order(streams):
         for f in batch.frames:
             seen.setdefault(f.stream_id, []).append(f.index)
     assert seen == {f"s{s}": list(range(n)) for s in range(streams)}
+
+
+def test_stale_live_frames_skipped_when_forming_a_batch():
+    drops = []
+    now = [1000.0]
+    mux = FrameMux(on_drop=lambda s, r: drops.append((s, r)), stale_after_s=0.5, wall_clock=lambda: now[0])
+    mux.add_stream("live", 10, DropPolicy.DROP_OLDEST)
+    mux.add_stream("file", 10, DropPolicy.BLOCK)
+    for i, ts in enumerate([998.0, 999.0, 999.8, 999.9]):
+        mux.put(Frame(np.zeros((2, 2, 3), np.uint8), "live", i, None, ts))
+    mux.put(Frame(np.zeros((2, 2, 3), np.uint8), "file", 0, None, 900.0))  # files are never stale
+    batch = mux.take_batch(10, 0)
+    assert sorted((f.stream_id, f.index) for f in batch.frames) == [("file", 0), ("live", 2), ("live", 3)]
+    assert drops == [("live", "stale"), ("live", "stale")]
