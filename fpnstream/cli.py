@@ -293,7 +293,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parser.parse_args(argv)
     handlers = {"run": cmd_run, "tail": cmd_tail, "streams": cmd_streams, "synth": cmd_synth}
     try:
-        return handlers[a.command](a)
+        rc = handlers[a.command](a)
+        if a.command == "run" and threading.active_count() > 1:
+            # Everything is published and every server we started is stopped. A decoder thread
+            # may still sit in a blocking FFmpeg read (a silent camera); letting the interpreter
+            # tear down under it can crash, so leave now.
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(rc)
+        return rc
     except FpnstreamError as e:
         print(f"fpnstream: error: {redact_text(str(e))}", file=sys.stderr)
         return e.exit_code
