@@ -46,7 +46,7 @@ def frames_in(client, prefix: str, sid: str) -> list[int]:
 @pytest.fixture(scope="module")
 def many_clips(tmp_path_factory) -> list[Path]:
     d = tmp_path_factory.mktemp("many")
-    return [write_clip(d / f"s{i:02d}.mp4", frames=4 + i % 5, width=64, height=48, seed=i) for i in range(40)]
+    return [write_clip(d / f"s{i:03d}.mp4", frames=3 + i % 4, width=64, height=48, seed=i) for i in range(100)]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def long_clips(tmp_path_factory) -> list[Path]:
     return [write_clip(d / f"l{i}.mp4", frames=150, width=96, height=64, seed=i) for i in range(4)]
 
 
-def test_forty_streams_two_workers_every_frame_exactly_once(many_clips, redis_proc, small_checkpoint):
+def test_hundred_streams_two_workers_every_frame_exactly_once(many_clips, redis_proc, small_checkpoint):
     srcs = [a for p in many_clips for a in ("--source", str(p))]
     proc = run_cli("run", *srcs, *FAST, "--weights", str(small_checkpoint), "--num-actors", "2",
                    "--batch-size", "8", "--redis-url", redis_proc.url, "--redis-prefix", "many")

@@ -105,3 +105,34 @@ def test_sink_failure_stops_the_run_with_the_error(detector, redis_proc, clips):
     redis_proc.stop()
     with pytest.raises(SinkError):
         pipeline.run(threading.Event())
+
+
+def test_a_failing_source_affects_only_its_stream(detector, redis_proc, clips):
+    """A live source that serves garbage fails alone; the file next to it is complete."""
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+
+    def serve():
+        for _ in range(4):
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.sendall(b"\x00garbage, not a video stream\xff" * 2000)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    client = redis_proc.client()
+    sources = [SourceConfig(uri=str(clips["mp4_h264"]), id="good"), SourceConfig(uri=f"tcp://127.0.0.1:{port}", id="bad")]
+    try:
+        report = make_pipeline(detector, client, sources, Metrics()).run(threading.Event())
+    finally:
+        srv.close()
+    assert report.streams["bad"].state == "failed" and report.streams["bad"].error
+    assert report.streams["good"].state == "finished"
+    n = len(reference_frames(clips["mp4_h264"]))
+    assert [decode_entry(f)["frame"] for _, f in client.xrange("p:detections:good")] == list(range(n))
