@@ -69,8 +69,10 @@ def _run_in_process(cfg: AppConfig, specs: list[SourceSpec], client, stop: threa
     from fpnstream.backends import InProcessBackend  # torch loads here, after the cheap checks
 
     metrics = Metrics()
-    serve(metrics.registry, cfg.metrics.port, cfg.metrics.host)
-    backend = InProcessBackend.from_config(cfg.model, cfg.ray)
+    server = serve(metrics.registry, cfg.metrics.port, cfg.metrics.host)
+    backend = InProcessBackend.from_config(cfg.model, cfg.ray, metrics.gpu_memory)
+    if server:
+        server.ready = lambda: bool(client.ping())
     try:
         metrics.build_info.info({"version": fpnstream.__version__, "model": backend.model_name, "device": backend.device})
         sink = RedisStreamSink(client, cfg.redis.prefix, cfg.redis.maxlen, backend.model_name)
@@ -93,8 +95,8 @@ def _run_on_ray(cfg: AppConfig, client, redis_url: str, stop: threading.Event, s
     registry = CollectorRegistry()
     worker_metrics = WorkerMetrics()
     registry.register(worker_metrics)
-    serve(registry, cfg.metrics.port, cfg.metrics.host)
+    server = serve(registry, cfg.metrics.port, cfg.metrics.host)
     if not ray.is_initialized():
         stack.callback(ray.shutdown)
     connect_ray(cfg)
-    return run_cluster(cfg, list(cfg.sources), client, redis_url, worker_metrics, stop)
+    return run_cluster(cfg, list(cfg.sources), client, redis_url, worker_metrics, stop, server)

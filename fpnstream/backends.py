@@ -29,16 +29,18 @@ class DetectorBackend(Protocol):
 class InProcessBackend:
     """Runs the detector on one worker thread, so decode and publish overlap with inference."""
 
-    def __init__(self, detector: Detector, max_inflight: int = 2) -> None:
+    def __init__(self, detector: Detector, max_inflight: int = 2, gpu_memory=None) -> None:
+        """`gpu_memory`: a labelled Prometheus gauge, set after each batch when on CUDA."""
         self._detector = detector
+        self._gpu_memory = gpu_memory.labels(str(detector.device)) if gpu_memory is not None and detector.device.type == "cuda" else None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector")
         self.model_name = detector.model_name
         self.device = str(detector.device)
         self.max_inflight = max_inflight
 
     @classmethod
-    def from_config(cls, model_cfg: ModelConfig, ray_cfg: RayConfig) -> InProcessBackend:
-        return cls(Detector.from_config(model_cfg), ray_cfg.max_inflight_per_actor)
+    def from_config(cls, model_cfg: ModelConfig, ray_cfg: RayConfig, gpu_memory=None) -> InProcessBackend:
+        return cls(Detector.from_config(model_cfg), ray_cfg.max_inflight_per_actor, gpu_memory)
 
     def submit(self, frames: Sequence[Frame], admit: Admit | None = None) -> Future[BatchResult]:
         return self._pool.submit(self._detect, list(frames), admit)
@@ -48,7 +50,12 @@ class InProcessBackend:
             frames = admit(frames)
         if not frames:
             return BatchResult((), (), StageTimes(0.0, 0.0, 0.0))
-        return self._detector.detect(frames)
+        result = self._detector.detect(frames)
+        if self._gpu_memory is not None:
+            import torch
+
+            self._gpu_memory.set(torch.cuda.memory_allocated(self._detector.device))
+        return result
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -327,6 +327,10 @@ class Coordinator:
             })
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def ready(self) -> bool:
+        """Ready when at least one worker can take streams and Redis answers."""
+        return any(w.healthy for w in self._workers) and bool(self._redis.ping())
+
     def all_ended(self) -> bool:
         return all(s.ended is not None for s in self._streams.values())
 
@@ -369,9 +373,11 @@ class Coordinator:
 
 
 def run_cluster(cfg: AppConfig, specs_cfg: list[SourceConfig], redis_client, redis_url: str,
-                metrics: WorkerMetrics, stop: threading.Event) -> RunReport:
+                metrics: WorkerMetrics, stop: threading.Event, server=None) -> RunReport:
     started = time.monotonic()
     coord = Coordinator(cfg, redis_client, redis_url, metrics)
+    if server is not None:
+        server.ready = coord.ready
     try:
         coord.start_workers()
         coord.start_control()

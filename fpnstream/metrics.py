@@ -1,8 +1,15 @@
-"""Prometheus metrics. One `Metrics` object per process is handed to the stages that record."""
+"""Prometheus metrics and the HTTP endpoint that serves them with health checks.
+
+One `Metrics` object per pipeline process is handed to the stages that record.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 from fpnstream.errors import FpnstreamError
 
@@ -22,7 +29,8 @@ class Metrics:
             ["stage"], buckets=LATENCY_BUCKETS, registry=r,
         )
         self.end_to_end_seconds = Histogram(
-            "fpnstream_end_to_end_seconds", "Capture to publish, per frame", ["stream"], buckets=LATENCY_BUCKETS, registry=r,
+            "fpnstream_end_to_end_seconds", "Capture to acknowledged publish, per frame", ["stream"],
+            buckets=LATENCY_BUCKETS, registry=r,
         )
         self.frames_decoded = Counter("fpnstream_frames_decoded_total", "Frames decoded", ["stream"], registry=r)
         self.frames_published = Counter("fpnstream_frames_published_total", "Frames published to Redis", ["stream"], registry=r)
@@ -31,17 +39,72 @@ class Metrics:
         )
         self.batch_size = Histogram("fpnstream_batch_size", "Frames per detector batch", buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("fpnstream_queue_depth", "Items waiting in a queue", ["queue"], registry=r)
+        self.source_up = Gauge("fpnstream_source_up", "1 while a source delivers frames, else 0", ["stream"], registry=r)
+        self.source_reconnects = Counter(
+            "fpnstream_source_reconnects_total", "Times a source was opened again after its first open", ["stream"], registry=r,
+        )
+        self.publish_errors = Counter("fpnstream_publish_errors_total", "Failed Redis writes", registry=r)
+        self.publish_backlog = Gauge(
+            "fpnstream_publish_backlog", "Frames accepted from decoders and not yet published or dropped", registry=r,
+        )
+        self.detections = Counter(
+            "fpnstream_detections_total", "Published detections, by class name", ["stream", "name"], registry=r,
+        )
+        self.gpu_memory = Gauge("fpnstream_gpu_memory_bytes", "CUDA memory allocated by the detector", ["device"], registry=r)
         self.build_info = Info("fpnstream_build", "Version, model and device", registry=r)
         for stage in STAGES:  # export zero-count series so dashboards see every stage from the start
             self.stage_seconds.labels(stage)
 
 
+class MetricsServer:
+    """/metrics for Prometheus, /healthz (the process answers) and /readyz (it can work)."""
 
-def serve(registry: CollectorRegistry, port: int, host: str) -> None:
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        self._registry = registry
+        self.ready: Callable[[], bool] = lambda: False
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                path = self.path.split("?")[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(server._registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    self._send(200, b"ok\n")
+                elif path == "/readyz":
+                    ok = server._is_ready()
+                    self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                else:
+                    self._send(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+            def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:  # scrapes every few seconds: keep logs quiet
+                pass
+
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError as e:
+            raise FpnstreamError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, name="metrics-http", daemon=True).start()
+
+    def _is_ready(self) -> bool:
+        try:
+            return bool(self.ready())
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def serve(registry: CollectorRegistry, port: int, host: str) -> MetricsServer | None:
     """Expose `registry` on http://host:port/metrics (port 0: don't)."""
-    if port == 0:
-        return
-    try:
-        start_http_server(port, addr=host, registry=registry)
-    except OSError as e:
-        raise FpnstreamError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None
+    return MetricsServer(registry, host, port) if port else None

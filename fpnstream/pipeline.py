@@ -20,6 +20,7 @@ from fpnstream.batching import Batch, DropPolicy, FrameMux
 from fpnstream.config import BatchConfig
 from fpnstream.frames import BatchResult, Frame
 from fpnstream.metrics import Metrics
+from fpnstream.errors import SinkError
 from fpnstream.sink import RedisStreamSink
 from fpnstream.sources.decoder import VideoDecoder
 
@@ -108,6 +109,11 @@ class Pipeline:
             if old is not None and self._reports[sid].state not in ENDED_STATES:
                 raise ValueError(f"stream {sid!r} is already running")
             self._mux.add_stream(sid, self._queue_size, DropPolicy.DROP_OLDEST if decoder.spec.live else DropPolicy.BLOCK)
+            if sid in self._reports:  # the same stream opened again in this process
+                self._metrics.source_reconnects.labels(sid).inc()
+            else:
+                self._metrics.source_reconnects.labels(sid).inc(0)
+            self._metrics.source_up.labels(sid).set(0)
             self._reports[sid] = StreamReport(sid, live=decoder.spec.live)
             self._pending[sid] = 0
             src = self._sources[sid] = _Source(decoder, threading.Event())
@@ -187,6 +193,7 @@ class Pipeline:
                 decode_hist.observe(time.perf_counter() - t)
                 if report.state == STARTING:
                     report.state = STREAMING
+                    self._metrics.source_up.labels(sid).set(1)
                 account()
                 with self._lock:
                     self._pending[sid] += 1  # before put: the batcher may take it at once
@@ -208,6 +215,7 @@ class Pipeline:
             report.error, report.state = str(e), FAILED
             log.error("%s", e)
         finally:
+            self._metrics.source_up.labels(sid).set(0)
             decoder.close()
             self._mux.close_stream(sid)
 
@@ -273,7 +281,11 @@ class Pipeline:
                 m.stage_seconds.labels("inference").observe(result.times.inference)
                 m.stage_seconds.labels("postprocess").observe(result.times.postprocess)
                 t0 = time.perf_counter()
-                published = self._sink.publish(result)
+                try:
+                    published = self._sink.publish(result)
+                except SinkError:
+                    m.publish_errors.inc()
+                    raise
                 m.stage_seconds.labels("publish").observe(time.perf_counter() - t0)
                 self._account_published(result, published)
         except BaseException as e:
@@ -282,10 +294,12 @@ class Pipeline:
     def _account_published(self, result: BatchResult, published) -> None:
         now = time.time()
         m = self._metrics
-        for meta, latency in zip(result.metas, published.latencies):
+        for meta, dets, latency in zip(result.metas, result.detections, published.latencies):
             if meta.stream_id in published.fenced:
                 continue
             m.frames_published.labels(meta.stream_id).inc()
+            for name in dets.names:
+                m.detections.labels(meta.stream_id, name).inc()
             m.end_to_end_seconds.labels(meta.stream_id).observe(latency)
             report = self._reports[meta.stream_id]
             report.published += 1
@@ -327,7 +341,7 @@ class Pipeline:
         stop_seen_at: float | None = None
         while publisher.is_alive():
             publisher.join(0.25)
-            self._update_gauges()
+            self.update_gauges()
             if on_tick:
                 on_tick()
             if stop.is_set() and stop_seen_at is None:
@@ -340,7 +354,7 @@ class Pipeline:
                 self._mux.shutdown()
                 break
         self._threads[0].join(5)
-        self._update_gauges()
+        self.update_gauges()
         if self._fatal is not None:
             raise self._fatal
         return RunReport(self.snapshot(), time.monotonic() - self._started_at)
@@ -349,8 +363,10 @@ class Pipeline:
         self.start()
         return self.wait(stop, on_tick)
 
-    def _update_gauges(self) -> None:
+    def update_gauges(self) -> None:
         depths = self._mux.depths()  # a drained, finished stream is gone from here: report 0
         for sid in list(self._reports):
             self._metrics.queue_depth.labels(f"frames:{sid}").set(depths.get(sid, 0))
         self._metrics.queue_depth.labels("inflight_batches").set(self._inflight.qsize())
+        with self._lock:
+            self._metrics.publish_backlog.set(max(0, sum(self._pending.values())))

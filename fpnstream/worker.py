@@ -46,7 +46,7 @@ class StreamWorker:
         self._metrics.build_info.info({"version": fpnstream.__version__, "model": detector.model_name, "device": str(detector.device)})
         freshness = cfg.batch.freshness_ms / 1000.0 if cfg.batch.freshness_ms else None
         self._pipeline = Pipeline(
-            InProcessBackend(detector, cfg.ray.max_inflight_per_actor), self._sink, self._metrics, cfg.batch,
+            InProcessBackend(detector, cfg.ray.max_inflight_per_actor, self._metrics.gpu_memory), self._sink, self._metrics, cfg.batch,
             cfg.decode.queue_size, freshness_s=freshness, keep_open=True, stop_grace_s=cfg.stop_grace_s,
         )
         self._pipeline.start()
@@ -69,6 +69,7 @@ class StreamWorker:
     def status(self) -> dict[str, Any]:
         if self._pipeline is None:
             return {"incarnation": self.incarnation, "loaded": False, "streams": {}, "metrics": ""}
+        self._pipeline.update_gauges()  # workers have no wait() loop; the status poll is the tick
         return {
             "incarnation": self.incarnation,
             "loaded": True,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Debian packages the test suite needs: redis-server (tests start their own servers) and
-# GStreamer's RTSP server with PyGObject (a real RTSP server we did not write).
+# Debian packages the test suite needs: redis-server (tests start their own servers),
+# GStreamer's RTSP server with PyGObject (a real RTSP server we did not write) and
+# prometheus (a real Prometheus scrapes a run; promtool checks deploy/prometheus).
 # Installs only what is missing; needs root (or sudo) and apt-get.
 set -euo pipefail
 
@@ -10,7 +11,7 @@ have_rtsp() {
     && gst-inspect-1.0 rtph264pay >/dev/null 2>&1 && gst-inspect-1.0 videotestsrc >/dev/null 2>&1
 }
 
-if command -v redis-server >/dev/null && have_rtsp; then
+if command -v redis-server >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null && have_rtsp; then
   exit 0
 fi
 SUDO=""
@@ -18,6 +19,8 @@ SUDO=""
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
-  redis-server python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools \
+  redis-server prometheus python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools \
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly >/dev/null
+# The package may start a Prometheus service on :9090; tests run their own on free ports.
+(command -v systemctl >/dev/null && $SUDO systemctl disable --now prometheus >/dev/null 2>&1) || true
 have_rtsp || { echo "system-deps: GStreamer RTSP server still unusable after install" >&2; exit 1; }
