@@ -20,6 +20,7 @@ from fpnstream.redis_server import EmbeddedRedis, connect
 from fpnstream.redact import redact_url
 from fpnstream.sink import RedisStreamSink
 from fpnstream.sources import SourceSpec, VideoDecoder, resolve_sources
+from fpnstream.sources.reconnect import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ def probe_sources(specs: list[SourceSpec], cfg: AppConfig) -> None:
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(specs)))) as pool:
         for fut in [pool.submit(probe, s) for s in specs]:
             fut.result()  # the first failure, in source order
+
+
+def backoff_policy(cfg: AppConfig):
+    return lambda: Backoff(cfg.decode.reconnect_base_s, cfg.decode.reconnect_max_s)
 
 
 def _redis(cfg: AppConfig, stack: contextlib.ExitStack) -> str:
@@ -78,7 +83,7 @@ def _run_in_process(cfg: AppConfig, specs: list[SourceSpec], client, stop: threa
         sink = RedisStreamSink(client, cfg.redis.prefix, cfg.redis.maxlen, backend.model_name)
         freshness = cfg.batch.freshness_ms / 1000.0 if cfg.batch.freshness_ms else None
         pipeline = Pipeline(backend, sink, metrics, cfg.batch, cfg.decode.queue_size, freshness_s=freshness,
-                            keep_open=cfg.keep_alive, stop_grace_s=cfg.stop_grace_s)
+                            keep_open=cfg.keep_alive, stop_grace_s=cfg.stop_grace_s, backoff=backoff_policy(cfg))
         for spec in specs:
             sink.claim(spec.stream_id, restart=True)
             pipeline.add_source(VideoDecoder(spec, cfg.decode))

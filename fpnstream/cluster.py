@@ -324,6 +324,7 @@ class Coordinator:
                 "last_frame_ts": rep.get("last_frame_ts"),
                 "error": redact_text(rep.get("error") or ""),
                 "moves": s.moves,
+                "reconnects": rep.get("reconnects", 0),
             })
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -26,8 +26,11 @@ class SourceConfig(_Strict):
 class DecodeConfig(_Strict):
     queue_size: int = Field(default=16, ge=1, le=10_000)
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
-    open_timeout_s: float = Field(default=10.0, gt=0, le=600)
-    read_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    open_timeout_s: float = Field(default=10.0, gt=0, le=600, description="live: connect + first keyframe")
+    read_timeout_s: float = Field(default=10.0, gt=0, le=600, description="live: no data for this long = dead")
+    stall_timeout_s: float = Field(default=10.0, gt=0, le=600, description="live: no frame for this long = reconnect")
+    reconnect_base_s: float = Field(default=0.5, gt=0, le=600)
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
 
 
 class BatchConfig(_Strict):

@@ -20,6 +20,7 @@ class Frame:
     index: int
     pts: float | None  # seconds, from the stream's time base; None if the container has none
     capture_ts: float  # wall-clock Unix seconds when the frame left the decoder
+    gap: bool = False  # first frame after a reconnect: frames were missed before it
 
     @property
     def height(self) -> int:
@@ -30,7 +31,7 @@ class Frame:
         return int(self.image.shape[1])
 
     def meta(self) -> FrameMeta:
-        return FrameMeta(self.stream_id, self.index, self.pts, self.capture_ts, self.width, self.height)
+        return FrameMeta(self.stream_id, self.index, self.pts, self.capture_ts, self.width, self.height, self.gap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class FrameMeta:
     capture_ts: float
     width: int
     height: int
+    gap: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,9 @@ from fpnstream.frames import BatchResult, Frame
 from fpnstream.metrics import Metrics
 from fpnstream.errors import SinkError
 from fpnstream.sink import RedisStreamSink
+from fpnstream.errors import SourceError
 from fpnstream.sources.decoder import VideoDecoder
+from fpnstream.sources.reconnect import Backoff
 
 if TYPE_CHECKING:  # backends import torch; the pipeline itself does not need it
     from fpnstream.backends import DetectorBackend
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # Stream states, as shown by `fpnstream streams list` and in the status hash.
 STARTING, STREAMING, DRAINING = "starting", "streaming", "draining"  # draining: source ended, frames in flight
+CONNECTING, BACKING_OFF = "connecting", "backing_off"  # live sources between connections
 FINISHED, STOPPED, FAILED, MOVED = "finished", "stopped", "failed", "moved"
 ENDED_STATES = frozenset({FINISHED, STOPPED, FAILED, MOVED})
 
@@ -47,6 +50,7 @@ class StreamReport:
     error: str | None = None
     last_frame_ts: float | None = None  # wall time of the newest published frame
     fps: float = 0.0  # published frames per second, smoothed
+    reconnects: int = 0
 
 
 @dataclass
@@ -80,7 +84,10 @@ class Pipeline:
         freshness_s: float | None = None,
         keep_open: bool = False,
         stop_grace_s: float = 10.0,
+        backoff: Callable[[], Backoff] = lambda: Backoff(0.5, 30.0),
     ) -> None:
+        """`backoff` makes the reconnect policy of each live source."""
+        self._backoff = backoff
         self._backend = backend
         self._sink = sink
         self._metrics = metrics
@@ -172,7 +179,55 @@ class Pipeline:
         src.thread.start()
 
     def _decode(self, src: _Source) -> None:
+        sid = src.decoder.spec.stream_id
+        try:
+            if src.decoder.spec.live:
+                self._decode_live(src)
+            else:
+                self._decode_connection(src, src.decoder)
+                report = self._reports[sid]
+                with self._lock:
+                    if report.state in (STARTING, STREAMING):
+                        report.state = FINISHED if self._pending[sid] <= 0 else DRAINING
+        except Exception as e:  # one broken stream ends that stream, not the job
+            report = self._reports[sid]
+            report.error, report.state = str(e), FAILED
+            log.error("%s", e)
+        finally:
+            self._metrics.source_up.labels(sid).set(0)
+            self._mux.close_stream(sid)
+
+    def _decode_live(self, src: _Source) -> None:
+        """Connect, stream, and on any failure back off and reconnect, until stopped.
+        Frame indices go on across connections; the first frame after one is marked `gap`."""
+        sid = src.decoder.spec.stream_id
+        report = self._reports[sid]
+        backoff = self._backoff()
         decoder = src.decoder
+        while not src.stop.is_set():
+            report.state = CONNECTING
+            try:
+                self._decode_connection(src, decoder, on_first_frame=backoff.reset)
+                if src.stop.is_set():
+                    break
+                report.error = f"source {sid}: the stream ended"
+            except SourceError as e:
+                report.error = str(e)
+            if src.stop.is_set():
+                break
+            self._metrics.source_up.labels(sid).set(0)
+            report.state = BACKING_OFF
+            delay = backoff.next_delay()
+            log.warning("%s; reconnecting in %.1f s", report.error, delay)
+            if src.stop.wait(delay):
+                break
+            report.reconnects += 1
+            self._metrics.source_reconnects.labels(sid).inc()
+            decoder = decoder.reopened()
+            src.decoder = decoder
+
+    def _decode_connection(self, src: _Source, decoder: VideoDecoder, on_first_frame: Callable[[], None] | None = None) -> None:
+        """Read one connection (or one file) to its end, feeding the mux."""
         sid = decoder.spec.stream_id
         report = self._reports[sid]
         decoded_metric = self._metrics.frames_decoded.labels(sid)
@@ -184,16 +239,18 @@ class Pipeline:
             decoded_metric.inc(decoder.frames_decoded - seen_decoded)
             if decoder.frames_sampled_out != seen_sampled:
                 self._count_drop(sid, "sampled", decoder.frames_sampled_out - seen_sampled)
+            report.decoded += decoder.frames_decoded - seen_decoded
             seen_decoded, seen_sampled = decoder.frames_decoded, decoder.frames_sampled_out
-            report.decoded = seen_decoded
 
         try:
             t = time.perf_counter()
             for frame in decoder.frames():
                 decode_hist.observe(time.perf_counter() - t)
-                if report.state == STARTING:
+                if report.state in (STARTING, CONNECTING):
                     report.state = STREAMING
                     self._metrics.source_up.labels(sid).set(1)
+                    if on_first_frame:
+                        on_first_frame()
                 account()
                 with self._lock:
                     self._pending[sid] += 1  # before put: the batcher may take it at once
@@ -208,16 +265,8 @@ class Pipeline:
             if decoder.warning:
                 report.warning = decoder.warning
                 log.warning("%s", decoder.warning)
-            with self._lock:
-                if report.state in (STARTING, STREAMING):
-                    report.state = FINISHED if self._pending[sid] <= 0 else DRAINING
-        except Exception as e:  # one broken stream ends that stream, not the job
-            report.error, report.state = str(e), FAILED
-            log.error("%s", e)
         finally:
-            self._metrics.source_up.labels(sid).set(0)
             decoder.close()
-            self._mux.close_stream(sid)
 
     def _admit(self, frames: list[Frame]) -> list[Frame]:
         """Right before inference: drop live frames older than the freshness limit."""

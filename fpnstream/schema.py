@@ -9,6 +9,8 @@ from fpnstream import SCHEMA_VERSION
 from fpnstream.frames import Detections, FrameMeta
 
 FIELDS = ("v", "stream", "frame", "pts", "ts", "width", "height", "model", "detections", "latency_ms")
+# Present only when set; v1 readers that ignore unknown fields keep working.
+OPTIONAL_FIELDS = ("gap",)
 
 
 def stream_key(prefix: str, stream_id: str) -> str:
@@ -21,7 +23,7 @@ def status_key(prefix: str, stream_id: str) -> str:
 
 
 def encode_entry(meta: FrameMeta, dets: Detections, model: str, published_ts: float) -> dict[str, str]:
-    return {
+    fields = {
         "v": SCHEMA_VERSION,
         "stream": meta.stream_id,
         "frame": str(meta.index),
@@ -34,6 +36,9 @@ def encode_entry(meta: FrameMeta, dets: Detections, model: str, published_ts: fl
         "detections": json.dumps(dets.to_json_list(), separators=(",", ":")),
         "latency_ms": f"{(published_ts - meta.capture_ts) * 1000.0:.3f}",
     }
+    if meta.gap:
+        fields["gap"] = "1"  # the source reconnected: frames before this one were missed
+    return fields
 
 
 def _text(v: Any) -> str:
@@ -63,4 +68,5 @@ def decode_entry(fields: Mapping[Any, Any]) -> dict[str, Any]:
         "model": f["model"],
         "detections": json.loads(f["detections"]),
         "latency_ms": float(f["latency_ms"]),
+        "gap": f.get("gap") == "1",
     }

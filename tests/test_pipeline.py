@@ -108,16 +108,19 @@ def test_sink_failure_stops_the_run_with_the_error(detector, redis_proc, clips):
 
 
 def test_a_failing_source_affects_only_its_stream(detector, redis_proc, clips):
-    """A live source that serves garbage fails alone; the file next to it is complete."""
+    """A live source that serves garbage keeps failing and backing off, alone; the file
+    next to it is complete."""
     import socket
+
+    from fpnstream.sources.reconnect import Backoff
 
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
-    srv.listen(4)
+    srv.listen(16)
     port = srv.getsockname()[1]
 
     def serve():
-        for _ in range(4):
+        while True:
             try:
                 conn, _ = srv.accept()
             except OSError:
@@ -128,11 +131,25 @@ def test_a_failing_source_affects_only_its_stream(detector, redis_proc, clips):
     threading.Thread(target=serve, daemon=True).start()
     client = redis_proc.client()
     sources = [SourceConfig(uri=str(clips["mp4_h264"]), id="good"), SourceConfig(uri=f"tcp://127.0.0.1:{port}", id="bad")]
+    pipeline = make_pipeline(detector, client, sources, Metrics())
+    pipeline._backoff = lambda: Backoff(0.05, 0.2)
+    stop = threading.Event()
+    out = {}
+    runner = threading.Thread(target=lambda: out.setdefault("report", pipeline.run(stop)))
+    runner.start()
     try:
-        report = make_pipeline(detector, client, sources, Metrics()).run(threading.Event())
+        deadline = time.monotonic() + 60
+        while not (pipeline.snapshot()["good"].state == "finished" and pipeline.snapshot()["bad"].reconnects >= 2):
+            assert time.monotonic() < deadline, pipeline.snapshot()
+            time.sleep(0.1)
+        bad = pipeline.snapshot()["bad"]
+        assert bad.state in ("connecting", "backing_off") and "not a readable video" in bad.error
     finally:
+        stop.set()
+        runner.join(30)
         srv.close()
-    assert report.streams["bad"].state == "failed" and report.streams["bad"].error
+    report = out["report"]
     assert report.streams["good"].state == "finished"
     n = len(reference_frames(clips["mp4_h264"]))
     assert [decode_entry(f)["frame"] for _, f in client.xrange("p:detections:good")] == list(range(n))
+    assert client.xlen("p:detections:bad") == 0

@@ -49,6 +49,7 @@ class VideoDecoder:
 
     def __init__(
         self, spec: SourceSpec, cfg: DecodeConfig, clock: Callable[[], float] = time.time, start_index: int = 0,
+        gap: bool = False,
     ) -> None:
         """`start_index` resumes a stream: a file skips the frames before it (they were
         published already), a live stream numbers its frames from it."""
@@ -59,8 +60,14 @@ class VideoDecoder:
         self.start_index = start_index
         self.next_index = start_index if spec.live else 0
         self.frames_decoded = 0  # decoded at or after start_index
+        self._gap = gap
         self.frames_sampled_out = 0
         self.warning: str | None = None
+
+    def reopened(self) -> VideoDecoder:
+        """A fresh connection to the same live source; frame indices go on from here and its
+        first frame is marked as following a gap."""
+        return VideoDecoder(self.spec, self._cfg, self._clock, start_index=self.next_index, gap=True)
 
     def open(self) -> None:
         spec = self.spec
@@ -75,23 +82,35 @@ class VideoDecoder:
         options = {}
         if spec.uri.lower().startswith(("rtsp://", "rtsps://")):
             options["rtsp_transport"] = self._cfg.rtsp_transport
+        started = time.monotonic()
         try:
             self._container = av.open(
                 str(spec.path) if not spec.live else spec.uri,
                 mode="r",
                 options=options,
-                timeout=(self._cfg.open_timeout_s, self._cfg.read_timeout_s) if spec.live else None,
+                timeout=(self._cfg.open_timeout_s, min(self._cfg.read_timeout_s, self._cfg.stall_timeout_s))
+                if spec.live else None,
             )
         except av.error.FileNotFoundError:
             raise SourceError(f"source {spec.stream_id}: not found: {spec.display}") from None
         except av.error.PermissionError:
             raise SourceError(f"source {spec.stream_id}: permission denied: {spec.display}") from None
-        except av.error.InvalidDataError:
-            raise SourceError(
-                f"source {spec.stream_id}: not a readable video (FFmpeg could not parse {spec.display})"
-            ) from None
         except (av.error.FFmpegError, OSError) as e:
-            raise SourceError(f"source {spec.stream_id}: cannot open {spec.display}: {_reason(e)}") from None
+            reason = _reason(e)
+            if "401" in reason or "403" in reason or "Unauthorized" in reason:
+                raise SourceError(
+                    f"source {spec.stream_id}: authorization failed for {spec.display} (wrong or missing credentials)"
+                ) from None
+            if spec.live and time.monotonic() - started >= 0.9 * self._cfg.open_timeout_s:
+                raise SourceError(
+                    f"source {spec.stream_id}: no video from {spec.display} within {self._cfg.open_timeout_s:g} s "
+                    "(a slow first keyframe needs a larger decode.open_timeout_s)"
+                ) from None
+            if isinstance(e, av.error.InvalidDataError):
+                raise SourceError(
+                    f"source {spec.stream_id}: not a readable video (FFmpeg could not parse {spec.display})"
+                ) from None
+            raise SourceError(f"source {spec.stream_id}: cannot open {spec.display}: {reason}") from None
         if not self._container.streams.video:
             self.close()
             raise SourceError(f"source {spec.stream_id}: {spec.display} has no video stream")
@@ -117,8 +136,12 @@ class VideoDecoder:
         rate = float(stream.average_rate) if stream.average_rate else None
         last_pts: float | None = None
         corrupt = 0
+        last_frame_at = time.monotonic()
         try:
             for packet in container.demux(stream):
+                if self.spec.live and time.monotonic() - last_frame_at > self._cfg.stall_timeout_s:
+                    # Packets keep coming (the socket is alive) but no picture does.
+                    raise SourceError(f"source {self.spec.stream_id}: stalled: no frame for {self._cfg.stall_timeout_s:g} s")
                 try:
                     av_frames = packet.decode()
                 except av.error.InvalidDataError:
@@ -128,6 +151,7 @@ class VideoDecoder:
                         raise
                     continue
                 for av_frame in av_frames:
+                    last_frame_at = time.monotonic()
                     index = self.next_index
                     self.next_index += 1
                     if index < self.start_index:
@@ -140,7 +164,9 @@ class VideoDecoder:
                         self.frames_sampled_out += 1
                         continue
                     image = av_frame.to_ndarray(format="rgb24")
-                    yield Frame(image=image, stream_id=self.spec.stream_id, index=index, pts=pts, capture_ts=self._clock())
+                    gap, self._gap = self._gap, False
+                    yield Frame(image=image, stream_id=self.spec.stream_id, index=index, pts=pts,
+                                capture_ts=self._clock(), gap=gap)
         except av.error.FFmpegError as e:
             if self.spec.live:
                 raise SourceError(f"source {self.spec.stream_id}: read failed: {_reason(e)}") from None
