@@ -44,6 +44,12 @@ def backoff_policy(cfg: AppConfig):
     return lambda: Backoff(cfg.decode.reconnect_base_s, cfg.decode.reconnect_max_s)
 
 
+def buffer_options(cfg: AppConfig) -> dict:
+    r = cfg.redis
+    return {"buffer_frames": r.buffer_frames, "spool_dir": r.spool_dir, "spool_bytes": int(r.spool_max_mb * 2**20),
+            "outage_wait_s": r.outage_wait_s}
+
+
 def _redis(cfg: AppConfig, stack: contextlib.ExitStack) -> str:
     if cfg.redis.url:
         return cfg.redis.url
@@ -83,7 +89,8 @@ def _run_in_process(cfg: AppConfig, specs: list[SourceSpec], client, stop: threa
         sink = RedisStreamSink(client, cfg.redis.prefix, cfg.redis.maxlen, backend.model_name)
         freshness = cfg.batch.freshness_ms / 1000.0 if cfg.batch.freshness_ms else None
         pipeline = Pipeline(backend, sink, metrics, cfg.batch, cfg.decode.queue_size, freshness_s=freshness,
-                            keep_open=cfg.keep_alive, stop_grace_s=cfg.stop_grace_s, backoff=backoff_policy(cfg))
+                            keep_open=cfg.keep_alive, stop_grace_s=cfg.stop_grace_s, backoff=backoff_policy(cfg),
+                            **buffer_options(cfg))
         for spec in specs:
             sink.claim(spec.stream_id, restart=True)
             pipeline.add_source(VideoDecoder(spec, cfg.decode))

@@ -155,9 +155,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     report = run_job(cfg, stop)
     for s in report.streams.values():
         dropped = ", ".join(f"{k}={v}" for k, v in sorted(s.dropped.items())) or "none"
-        log.info("stream %s: decoded %d, published %d, dropped %s%s", s.stream_id, s.decoded, s.published,
-                 dropped, f", error: {s.error}" if s.error else "")
-    failed = [s for s in report.streams.values() if s.error]
+        log.info("stream %s: decoded %d, published %d, dropped %s%s%s", s.stream_id, s.decoded, s.published, dropped,
+                 f", reconnects {s.reconnects}" if s.reconnects else "", f", last error: {s.error}" if s.error else "")
+    failed = [s for s in report.streams.values() if s.state == "failed"]
     rate = report.published / report.seconds if report.seconds > 0 else 0.0
     log.info(
         "done: %d frames published from %d stream(s) in %.1f s (%.1f frames/s)%s",

@@ -360,6 +360,7 @@ class Coordinator:
             out[sid] = StreamReport(
                 sid, live=s.spec.live, state=s.ended or rep.get("state", "starting"), decoded=rep.get("decoded", 0),
                 published=published, dropped=rep.get("dropped", {}), warning=rep.get("warning"), error=rep.get("error"),
+                reconnects=rep.get("reconnects", 0),
             )
             if s.moves and out[sid].state == FINISHED:
                 out[sid].decoded = published  # earlier owners' counts died with them

@@ -97,6 +97,10 @@ class RedisConfig(_Strict):
     maxlen: int = Field(default=100_000, ge=0, description="approximate MAXLEN per stream; 0 = no trimming")
     embedded_dir: str = ".fpnstream/redis"
     socket_timeout_s: float = Field(default=10.0, gt=0)
+    buffer_frames: int = Field(default=10_000, ge=0, description="results kept in memory while Redis is down")
+    spool_dir: str | None = Field(default=".fpnstream/spool", description="beyond buffer_frames, results go here")
+    spool_max_mb: float = Field(default=1024.0, ge=0, description="disk spool cap; past it results are dropped (counted)")
+    outage_wait_s: float = Field(default=300.0, gt=0, description="at the end of a run, how long to wait for Redis")
 
     @field_validator("url")
     @classmethod

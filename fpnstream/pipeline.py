@@ -9,11 +9,14 @@ adds them all up front and runs until they end.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import uuid
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from fpnstream.batching import Batch, DropPolicy, FrameMux
@@ -25,6 +28,7 @@ from fpnstream.sink import RedisStreamSink
 from fpnstream.errors import SourceError
 from fpnstream.sources.decoder import VideoDecoder
 from fpnstream.sources.reconnect import Backoff
+from fpnstream.spool import PublishBuffer
 
 if TYPE_CHECKING:  # backends import torch; the pipeline itself does not need it
     from fpnstream.backends import DetectorBackend
@@ -85,9 +89,18 @@ class Pipeline:
         keep_open: bool = False,
         stop_grace_s: float = 10.0,
         backoff: Callable[[], Backoff] = lambda: Backoff(0.5, 30.0),
+        buffer_frames: int = 10_000,
+        spool_dir: str | None = None,
+        spool_bytes: int = 0,
+        outage_wait_s: float = 300.0,
     ) -> None:
-        """`backoff` makes the reconnect policy of each live source."""
+        """`backoff` makes the reconnect policy of each live source. While Redis is down,
+        results wait in memory (`buffer_frames`), then in `spool_dir` (`spool_bytes`); at
+        the end of a run the publisher waits up to `outage_wait_s` for Redis to return."""
         self._backoff = backoff
+        spool = Path(spool_dir) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}" if spool_dir else None
+        self._buffer = PublishBuffer(spool, buffer_frames, spool_bytes, self._spool_overflow)
+        self._outage_wait_s = outage_wait_s
         self._backend = backend
         self._sink = sink
         self._metrics = metrics
@@ -157,7 +170,7 @@ class Pipeline:
         with self._lock:
             d = self._reports[stream_id].dropped
             d[reason] = d.get(reason, 0) + n
-            if reason in ("queue_full", "stale"):  # accepted frames that leave without publishing
+            if reason in ("queue_full", "stale", "spool_full"):  # accepted frames that leave without publishing
                 self._settle(stream_id, n)
 
     def _settle(self, stream_id: str, n: int) -> None:
@@ -166,6 +179,10 @@ class Pipeline:
         report = self._reports[stream_id]
         if report.state == DRAINING and self._pending[stream_id] <= 0:
             report.state = FINISHED
+
+    def _spool_overflow(self, result: BatchResult) -> None:
+        for meta in result.metas:
+            self._count_drop(meta.stream_id, "spool_full")
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
@@ -311,34 +328,58 @@ class Pipeline:
             self._put_inflight(_END)
 
     def _publish_loop(self) -> None:
+        """Results go through the buffer, oldest first; a Redis failure keeps them there and
+        retries with backoff while detection goes on."""
         m = self._metrics
+        retry = Backoff(0.2, 5.0)
+        retry_at = 0.0
+        end_deadline: float | None = None
         try:
-            while True:
-                try:
-                    item = self._inflight.get(timeout=0.2)
-                except queue.Empty:
-                    if self._fatal is not None:
+            while self._fatal is None:
+                if end_deadline is None:
+                    try:
+                        item = self._inflight.get(timeout=0.2)
+                    except queue.Empty:
+                        item = None
+                    if item is _END:
+                        end_deadline = time.monotonic() + self._outage_wait_s
+                    elif item is not None:
+                        result: BatchResult = item.result()
+                        if result.metas:
+                            m.stage_seconds.labels("preprocess").observe(result.times.preprocess)
+                            m.stage_seconds.labels("inference").observe(result.times.inference)
+                            m.stage_seconds.labels("postprocess").observe(result.times.postprocess)
+                            self._buffer.append(result)
+                elif self._buffer:
+                    time.sleep(0.05)
+                if self._buffer and time.monotonic() >= retry_at:
+                    try:
+                        self._flush()
+                        if retry.attempt:
+                            log.info("Redis is back; buffered results published")
+                        retry.reset()
+                    except SinkError as e:
+                        m.publish_errors.inc()
+                        delay = retry.next_delay()
+                        if retry.attempt == 1:
+                            log.warning("%s; buffering results and retrying", e)
+                        retry_at = time.monotonic() + delay
+                if end_deadline is not None:
+                    if not self._buffer:
                         return
-                    continue
-                if item is _END:
-                    return
-                assert isinstance(item, Future)
-                result: BatchResult = item.result()
-                if not result.metas:
-                    continue
-                m.stage_seconds.labels("preprocess").observe(result.times.preprocess)
-                m.stage_seconds.labels("inference").observe(result.times.inference)
-                m.stage_seconds.labels("postprocess").observe(result.times.postprocess)
-                t0 = time.perf_counter()
-                try:
-                    published = self._sink.publish(result)
-                except SinkError:
-                    m.publish_errors.inc()
-                    raise
-                m.stage_seconds.labels("publish").observe(time.perf_counter() - t0)
-                self._account_published(result, published)
+                    if time.monotonic() > end_deadline:
+                        raise SinkError(f"Redis still unreachable after {self._outage_wait_s:g} s; "
+                                        f"{self._buffer.frames} frame(s) not published")
         except BaseException as e:
             self._fail(e)
+
+    def _flush(self) -> None:
+        while (result := self._buffer.peek()) is not None:
+            t0 = time.perf_counter()
+            published = self._sink.publish(result)
+            self._metrics.stage_seconds.labels("publish").observe(time.perf_counter() - t0)
+            self._account_published(result, published)
+            self._buffer.pop()
 
     def _account_published(self, result: BatchResult, published) -> None:
         now = time.time()

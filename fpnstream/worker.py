@@ -36,7 +36,7 @@ class StreamWorker:
         self._metrics = Metrics()
 
     def load(self) -> dict[str, Any]:
-        from fpnstream.app import backoff_policy
+        from fpnstream.app import backoff_policy, buffer_options
         from fpnstream.backends import InProcessBackend
         from fpnstream.model import Detector
 
@@ -49,7 +49,7 @@ class StreamWorker:
         self._pipeline = Pipeline(
             InProcessBackend(detector, cfg.ray.max_inflight_per_actor, self._metrics.gpu_memory), self._sink, self._metrics, cfg.batch,
             cfg.decode.queue_size, freshness_s=freshness, keep_open=True, stop_grace_s=cfg.stop_grace_s,
-            backoff=backoff_policy(cfg),
+            backoff=backoff_policy(cfg), **buffer_options(cfg),
         )
         self._pipeline.start()
         return {"incarnation": self.incarnation, "model": detector.model_name, "device": str(detector.device),

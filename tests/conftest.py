@@ -37,8 +37,8 @@ def redis_server_binary() -> str:
 class RedisProc:
     """A real redis-server on a free port, private to a test."""
 
-    def __init__(self, tmp: Path, *extra: str) -> None:
-        self.port = free_port()
+    def __init__(self, tmp: Path, *extra: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.dir = tmp
         self.proc = subprocess.Popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
@@ -62,8 +62,13 @@ class RedisProc:
         return redis.Redis(port=self.port)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 @pytest.fixture

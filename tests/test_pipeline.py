@@ -102,8 +102,9 @@ def test_sink_failure_stops_the_run_with_the_error(detector, redis_proc, clips):
 
     client = redis_proc.client()
     pipeline = make_pipeline(detector, client, [SourceConfig(uri=str(clips["mp4_h264"]), id="x")], Metrics())
+    pipeline._outage_wait_s = 2.0
     redis_proc.stop()
-    with pytest.raises(SinkError):
+    with pytest.raises(SinkError, match="still unreachable after 2 s; 24 frame"):
         pipeline.run(threading.Event())
 
 

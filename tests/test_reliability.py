@@ -1,0 +1,177 @@
+"""Faults: an RTSP server killed and restarted, a server that never sends, a stream that
+stalls with its socket open, wrong credentials. Real GStreamer RTSP server, real Redis."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+from fpnstream.schema import decode_entry
+from tests.conftest import REPO, SMALL_MODEL, SYSTEM_PYTHON, free_port, run_cli
+from tests.test_cluster import StallingTsServer, start_run, wait_for
+
+FAST = ["--model", SMALL_MODEL, "--min-size", "64", "--max-size", "128", "--metrics-port", "0"]
+
+
+def rtsp_server(port: int, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen([SYSTEM_PYTHON, str(REPO / "tests" / "rtsp_server.py"), str(port), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def quick_reconnect_config(tmp_path, **decode) -> str:
+    cfg = tmp_path / "fast.yaml"
+    lines = ["decode:", "  reconnect_base_s: 0.2", "  reconnect_max_s: 1.0", "  open_timeout_s: 3",
+             "  read_timeout_s: 3", "  stall_timeout_s: 3"]
+    lines += [f"  {k}: {v}" for k, v in decode.items()]
+    cfg.write_text("\n".join(lines) + "\n")
+    return str(cfg)
+
+
+def docs(client, key):
+    return [decode_entry(f) for _, f in client.xrange(key)]
+
+
+def test_rtsp_server_killed_and_restarted_stream_resumes(tmp_path, redis_proc, small_checkpoint):
+    port = free_port()
+    server = rtsp_server(port)
+    client = redis_proc.client()
+    proc = start_run("--config", quick_reconnect_config(tmp_path), "--source", f"cam=rtsp://127.0.0.1:{port}/test",
+                     *FAST, "--weights", str(small_checkpoint), "--redis-url", redis_proc.url, "--in-process")
+    try:
+        wait_for(lambda: client.xlen("fpnstream:detections:cam") >= 10, proc, what="first frames")
+        server.kill()
+        server.wait()
+        time.sleep(3)
+        before = client.xlen("fpnstream:detections:cam")
+        server = rtsp_server(port)  # same port, a new server process
+        wait_for(lambda: client.xlen("fpnstream:detections:cam") >= before + 10, proc, timeout=60, what="resumed frames")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        server.kill()
+    assert proc.returncode == 0, err[-3000:]
+    entries = docs(client, "fpnstream:detections:cam")
+    frames = [d["frame"] for d in entries]
+    assert frames == sorted(set(frames)), "indices go on monotonically, no duplicates"
+    gaps = [d for d in entries if d["gap"]]
+    assert gaps and gaps[0]["frame"] >= before - 5, "the reconnect is marked on the first frame after it"
+    line = next(ln for ln in err.splitlines() if "stream cam: decoded" in ln)
+    assert "reconnects " in line and "reconnecting in" in err
+    assert "Traceback" not in err
+
+
+def test_stall_with_open_socket_trips_the_watchdog_and_reconnects(tmp_path, redis_proc, small_checkpoint):
+    from fpnstream.synthetic import write_clip
+
+    ts = write_clip(tmp_path / "s.ts", frames=90, width=96, height=64).read_bytes()
+    server = StallingTsServer(ts, len(ts) // 2)  # half the clip, then silence on an open socket
+    client = redis_proc.client()
+    proc = start_run("--config", quick_reconnect_config(tmp_path), "--source", f"st=tcp://127.0.0.1:{server.port}",
+                     *FAST, "--weights", str(small_checkpoint), "--redis-url", redis_proc.url, "--in-process")
+    try:
+        wait_for(lambda: any(d["gap"] for d in docs(client, "fpnstream:detections:st")), proc, timeout=60,
+                 what="frames after the watchdog reconnected")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        server.close()
+    assert proc.returncode == 0, err[-3000:]
+    frames = [d["frame"] for d in docs(client, "fpnstream:detections:st")]
+    assert frames == sorted(set(frames))
+    assert "reconnecting in" in err
+
+
+def test_silent_server_and_wrong_credentials_back_off_without_crashing(tmp_path, redis_proc, small_checkpoint):
+    """On a Ray run: a camera that never sends and one with a wrong password are added at
+    runtime; both back off with a clear error, the good camera keeps going, no secret leaks."""
+    port, auth_port = free_port(), free_port()
+    open_srv = rtsp_server(port)
+    auth_srv = rtsp_server(auth_port, "160", "120", "15", "alice", "right-pw")
+    client = redis_proc.client()
+    ctl = ["--redis-url", redis_proc.url, "--redis-prefix", "flt"]
+    proc = start_run("--config", quick_reconnect_config(tmp_path), "--source", f"good=rtsp://127.0.0.1:{port}/test",
+                     *FAST, "--weights", str(small_checkpoint), *ctl, env={"CAM_PASS": "wrong-pw"})
+    try:
+        wait_for(lambda: client.xlen("flt:detections:good") >= 5, proc, what="good camera")
+        assert run_cli("streams", *ctl, "add", f"silent=rtsp://127.0.0.1:{port}/silent").returncode == 0
+        assert run_cli("streams", *ctl, "add", "locked=rtsp://alice:${CAM_PASS}@127.0.0.1:" + f"{auth_port}/test").returncode == 0
+
+        def status(sid):
+            return {k.decode(): v.decode() for k, v in client.hgetall(f"flt:status:{sid}").items()}
+
+        wait_for(lambda: int(status("silent").get("reconnects") or 0) >= 1 and int(status("locked").get("reconnects") or 0) >= 1,
+                 proc, timeout=90, what="both bad cameras backing off")
+        assert "no video from" in status("silent")["error"]
+        locked = status("locked")
+        assert "authorization failed" in locked["error"]
+        assert "wrong-pw" not in str(locked) and "***@" in locked["uri"]
+        n = client.xlen("flt:detections:good")
+        wait_for(lambda: client.xlen("flt:detections:good") >= n + 10, proc, what="good camera unaffected")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+        open_srv.kill()
+        auth_srv.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "wrong-pw" not in err and "Traceback" not in err
+    assert client.xlen("flt:detections:silent") == 0 and client.xlen("flt:detections:locked") == 0
+
+
+def test_wrong_credentials_at_startup_one_clear_line(redis_proc):
+    port = free_port()
+    srv = rtsp_server(port, "160", "120", "15", "alice", "right-pw")
+    try:
+        proc = run_cli("run", "--source", f"cam=rtsp://alice:nope-pw@127.0.0.1:{port}/test", "--metrics-port", "0",
+                       "--redis-url", redis_proc.url)
+    finally:
+        srv.kill()
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"fpnstream: error: source cam: authorization failed for rtsp://***@127.0.0.1:{port}/test (wrong or missing credentials)")
+    assert "nope-pw" not in proc.stderr
+
+
+def test_redis_killed_and_restarted_mid_run_every_frame_exactly_once(tmp_path, small_checkpoint):
+    """A persistent redis-server is SIGKILLed mid-run and restarted on the same port: results
+    wait in the buffer (and the disk spool), then land exactly once."""
+    from fpnstream.synthetic import write_clip
+    from tests.conftest import RedisProc
+
+    clip = write_clip(tmp_path / "long.mp4", frames=240, width=96, height=64)
+    data = tmp_path / "redis-data"
+    data.mkdir()
+    persist = ("--appendonly", "yes", "--appendfsync", "always")
+    server = RedisProc(data, *persist)
+    port = server.port
+    cfg = tmp_path / "small-buffer.yaml"
+    # A tiny memory buffer, so the outage spills to the disk spool too.
+    cfg.write_text(f"redis:\n  buffer_frames: 8\n  spool_dir: {tmp_path / 'spool'}\n  outage_wait_s: 60\n")
+    proc = start_run("--config", str(cfg), "--source", f"f={clip}", *FAST, "--weights", str(small_checkpoint),
+                     "--redis-url", server.url, "--in-process")
+    try:
+        wait_for(lambda: server.client().xlen("fpnstream:detections:f") >= 30, proc, what="first frames")
+        server.proc.kill()
+        server.proc.wait()
+        time.sleep(4)  # detection goes on; results pile up in memory and on disk
+        assert any((tmp_path / "spool").rglob("*.batch")), "the outage should have spilled to disk"
+        server = RedisProc(data, *persist, port=port)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+        server.stop()
+    assert proc.returncode == 0, err[-3000:]
+    assert "buffering results and retrying" in err and "Redis is back" in err
+    restarted = RedisProc(data, *persist, port=port)
+    try:
+        client = restarted.client()
+        frames = [decode_entry(f)["frame"] for _, f in client.xrange("fpnstream:detections:f")]
+    finally:
+        restarted.stop()
+    assert frames == list(range(240))
+    assert not list((tmp_path / "spool").rglob("*.batch")), "the spool is emptied once published"
