@@ -87,6 +87,7 @@ class _Worker:
     incarnation: str | None = None
     healthy: bool = False
     loading: Any = None  # ObjectRef of a load() in progress
+    misses: int = 0  # status polls in a row without an answer
     streams: dict[str, Any] = field(default_factory=dict)  # last reported StreamReport dicts
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -103,6 +104,8 @@ class _Stream:
 
 
 class Coordinator:
+    MAX_MISSES = 3  # status polls (5 s each) without an answer before a worker counts as down
+
     def __init__(self, cfg: AppConfig, redis_client, redis_url: str, metrics: WorkerMetrics,
                  environ: Mapping[str, str] = os.environ) -> None:
         self._cfg = cfg
@@ -222,7 +225,11 @@ class Coordinator:
         for w in self._workers:
             ref = refs[w.index]
             if ref not in ready_set:
-                self._mark_down(w, "not answering")
+                # A busy worker can miss a poll (its threads hold the CPU); only a run of
+                # misses means it is gone. A dead actor raises below, at once.
+                w.misses += 1
+                if w.misses >= self.MAX_MISSES:
+                    self._mark_down(w, f"no answer to {w.misses} status polls")
                 continue
             try:
                 st = ray.get(ref)
@@ -232,6 +239,10 @@ class Coordinator:
             if not st["loaded"] or st["incarnation"] != w.incarnation:
                 self._restarted(w, st)
                 continue
+            w.misses = 0
+            if not w.healthy and w.loading is None:
+                log.info("worker %d answers again", w.index)
+                w.healthy = True
             w.streams = st["streams"]
             self._metrics.update(str(w.index), st["metrics"])
             for sid, rep in st["streams"].items():

@@ -120,6 +120,7 @@ class Pipeline:
         self._started_at: float | None = None
         self._fps_window: dict[str, tuple[float, int]] = {}
         self._pending: dict[str, int] = {}  # accepted frames not yet published or dropped
+        self._batch_seconds_ema = 0.0  # detect + publish time of recent batches
 
     # -- sources ---------------------------------------------------------------------------
     def add_source(self, decoder: VideoDecoder) -> None:
@@ -286,13 +287,14 @@ class Pipeline:
             decoder.close()
 
     def _admit(self, frames: list[Frame]) -> list[Frame]:
-        """Right before inference: drop live frames older than the freshness limit."""
+        """Right before inference: drop live frames that would be older than the freshness
+        limit by the time they are published (age now + the recent batch time)."""
         if self._freshness_s is None:
             return frames
-        now = time.time()
+        cutoff = time.time() + self._batch_seconds_ema - self._freshness_s
         fresh = []
         for f in frames:
-            if self._reports[f.stream_id].live and now - f.capture_ts > self._freshness_s:
+            if self._reports[f.stream_id].live and f.capture_ts < cutoff:
                 self._count_drop(f.stream_id, "stale")
             else:
                 fresh.append(f)
@@ -377,7 +379,10 @@ class Pipeline:
         while (result := self._buffer.peek()) is not None:
             t0 = time.perf_counter()
             published = self._sink.publish(result)
-            self._metrics.stage_seconds.labels("publish").observe(time.perf_counter() - t0)
+            publish_s = time.perf_counter() - t0
+            self._metrics.stage_seconds.labels("publish").observe(publish_s)
+            t = result.times
+            self._batch_seconds_ema += 0.2 * (t.preprocess + t.inference + t.postprocess + publish_s - self._batch_seconds_ema)
             self._account_published(result, published)
             self._buffer.pop()
 

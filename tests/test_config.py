@@ -81,3 +81,24 @@ def test_overrides_round_trip(threshold, size, wait):
     assert (cfg.model.score_threshold, cfg.batch.max_size, cfg.batch.max_wait_ms) == (threshold, size, wait)
     # A dump of a valid config is itself a valid config.
     assert AppConfig.model_validate(cfg.model_dump()) == cfg
+
+
+yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=False), st.text(max_size=20))
+yaml_values = st.recursive(yaml_scalars, lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=12), c, max_size=3)), max_leaves=8)
+config_keys = st.sampled_from(["sources", "decode", "batch", "model", "ray", "redis", "metrics", "log_level",
+                               "stop_grace_s", "keep_alive", "bogus"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.dictionaries(config_keys, yaml_values, max_size=4))
+def test_any_yaml_gives_a_config_or_one_clear_line(raw, tmp_path_factory):
+    import yaml
+
+    p = tmp_path_factory.mktemp("y") / "c.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    try:
+        cfg = load_config(p)
+    except ConfigError as e:
+        assert "\n" not in str(e) and str(e)
+    else:
+        assert isinstance(cfg, AppConfig)

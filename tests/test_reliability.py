@@ -3,6 +3,7 @@ stalls with its socket open, wrong credentials. Real GStreamer RTSP server, real
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -175,3 +176,84 @@ def test_redis_killed_and_restarted_mid_run_every_frame_exactly_once(tmp_path, s
         restarted.stop()
     assert frames == list(range(240))
     assert not list((tmp_path / "spool").rglob("*.batch")), "the spool is emptied once published"
+
+
+def make_tls_certs(d):
+    """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
+    def ssl(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=fpnstream-test-ca")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    return d / "ca.crt", d / "server.crt", d / "server.key"
+
+
+def test_rediss_with_password(tmp_path, clips, small_checkpoint):
+    from tests.conftest import RedisProc
+
+    ca, crt, key = make_tls_certs(tmp_path)
+    tls_port = free_port()
+    server = RedisProc(tmp_path, "--tls-port", str(tls_port), "--tls-cert-file", str(crt), "--tls-key-file", str(key),
+                       "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no", "--requirepass", "tls-s3cret")
+    url = f"rediss://:tls-s3cret@127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}"
+    try:
+        proc = run_cli("run", "--source", f"t={clips['mp4_h264']}", *FAST, "--weights", str(small_checkpoint),
+                       "--redis-url", url, "--in-process", "--log-level", "DEBUG")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "tls-s3cret" not in proc.stderr and "rediss://***@127.0.0.1" in proc.stderr
+        tail = run_cli("tail", "--redis-url", url, "--stream", "t", "--count", "2")
+        assert tail.returncode == 0, tail.stderr
+        assert [json.loads(ln)["frame"] for ln in tail.stdout.splitlines()] == [22, 23]
+        # Plain TCP to the TLS port, and the right TLS port with a wrong password: clear errors.
+        bad = run_cli("tail", "--redis-url", f"redis://:tls-s3cret@127.0.0.1:{tls_port}/0")
+        assert bad.returncode == 2 and "tls-s3cret" not in bad.stderr
+        wrong = run_cli("tail", "--redis-url", url.replace("tls-s3cret", "nope"))
+        assert wrong.returncode == 2 and "rejected the credentials" in wrong.stderr and "nope" not in wrong.stderr
+    finally:
+        server.stop()
+
+
+def test_secrets_stay_out_of_logs_labels_ids_and_redis(tmp_path, redis_proc, small_checkpoint):
+    """A password-protected camera (inline password) and one via ${VAR}: after a Ray run at
+    DEBUG level, no password in stderr, stream ids, metric labels, or any Redis key or value."""
+    import urllib.request
+
+    port = free_port()
+    srv = rtsp_server(port, "160", "120", "15", "alice", "Sup3r-Secret")
+    metrics_port = free_port()
+    client = redis_proc.client()
+    scraped = []
+    proc = start_run("--source", f"rtsp://alice:Sup3r-Secret@127.0.0.1:{port}/test",
+                     "--source", "viaenv=rtsp://alice:${CAM_PASS}@127.0.0.1:" + f"{port}/test",
+                     "--model", SMALL_MODEL, "--min-size", "64", "--max-size", "128", "--weights", str(small_checkpoint),
+                     "--metrics-port", str(metrics_port), "--redis-url", redis_proc.url, "--log-level", "DEBUG",
+                     env={"CAM_PASS": "Sup3r-Secret"})
+    try:
+        wait_for(lambda: client.xlen("fpnstream:detections:127.0.0.1-test") >= 5 and client.xlen("fpnstream:detections:viaenv") >= 5,
+                 proc, what="both cameras")
+        time.sleep(1)
+        scraped.append(urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode())
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+        srv.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert 'stream="127.0.0.1-test"' in scraped[0]
+    everything = [err, *scraped]
+    for key in client.scan_iter():
+        everything.append(key.decode())
+        kind = client.type(key).decode()
+        if kind == "stream":
+            everything += [repr(f) for _, f in client.xrange(key)]
+        elif kind == "hash":
+            everything.append(repr(client.hgetall(key)))
+        elif kind == "set":
+            everything.append(repr(client.smembers(key)))
+    blob = "\n".join(everything)
+    assert "Sup3r-Secret" not in blob
+    assert "rtsp://***@127.0.0.1" in blob  # the redacted form is what shows up

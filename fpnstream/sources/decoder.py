@@ -106,6 +106,10 @@ class VideoDecoder:
                     f"source {spec.stream_id}: no video from {spec.display} within {self._cfg.open_timeout_s:g} s "
                     "(a slow first keyframe needs a larger decode.open_timeout_s)"
                 ) from None
+            if not spec.live and isinstance(e, (EOFError, av.error.EOFError)):
+                raise SourceError(
+                    f"source {spec.stream_id}: {spec.display} ends before its header is complete (truncated file?)"
+                ) from None
             if isinstance(e, av.error.InvalidDataError):
                 raise SourceError(
                     f"source {spec.stream_id}: not a readable video (FFmpeg could not parse {spec.display})"
