@@ -60,7 +60,8 @@ def _redis(cfg: AppConfig, stack: contextlib.ExitStack) -> str:
     return embedded.url
 
 
-def run_job(cfg: AppConfig, stop: threading.Event, environ=os.environ) -> RunReport:
+def run_job(cfg: AppConfig, stop: threading.Event, environ=os.environ, metrics: Metrics | None = None) -> RunReport:
+    """`metrics`: record the in-process run here (benchmarks read the stage times back)."""
     specs = [SourceSpec(s.stream_id, expand_env(s.uri, environ), s.live, s.fps) for s in resolve_sources(cfg.sources)]
     if not specs and not cfg.keep_alive:
         raise ConfigError("no sources: pass --source [ID=]URI, list sources: in the config, or use --keep-alive")
@@ -72,14 +73,13 @@ def run_job(cfg: AppConfig, stop: threading.Event, environ=os.environ) -> RunRep
         stack.callback(client.close)
         log.info("running %d stream(s) -> %s (key prefix %s:detections:)", len(specs), redact_url(redis_url), cfg.redis.prefix)
         if cfg.ray.in_process:
-            return _run_in_process(cfg, specs, client, stop)
+            return _run_in_process(cfg, specs, client, stop, metrics or Metrics())
         return _run_on_ray(cfg, client, redis_url, stop, stack)
 
 
-def _run_in_process(cfg: AppConfig, specs: list[SourceSpec], client, stop: threading.Event) -> RunReport:
+def _run_in_process(cfg: AppConfig, specs: list[SourceSpec], client, stop: threading.Event, metrics: Metrics) -> RunReport:
     from fpnstream.backends import InProcessBackend  # torch loads here, after the cheap checks
 
-    metrics = Metrics()
     server = serve(metrics.registry, cfg.metrics.port, cfg.metrics.host)
     backend = InProcessBackend.from_config(cfg.model, cfg.ray, metrics.gpu_memory)
     if server:

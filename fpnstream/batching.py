@@ -46,14 +46,14 @@ class FrameMux:
         on_drop: DropHook | None = None,
         clock: Callable[[], float] = time.monotonic,
         keep_open: bool = False,
-        stale_after_s: float | None = None,
+        stale_after_s: float | Callable[[], float] | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         # keep_open: streams may be added later, so running out of streams is not the end.
         self._keep_open = keep_open
-        # Live frames older than this are skipped when a batch is formed, so under overload
-        # batch slots go to fresh frames of every stream instead of to frames that would be
-        # thrown away at inference anyway.
+        # Live frames older than this (seconds, or a callable giving the current limit) are
+        # skipped when a batch is formed, so under overload batch slots go to fresh frames of
+        # every stream instead of to frames that would be thrown away at inference anyway.
         self._stale_after_s = stale_after_s
         self._wall_clock = wall_clock
         self._queues: dict[str, _StreamQueue] = {}
@@ -125,7 +125,8 @@ class FrameMux:
     def _skip_stale(self) -> None:
         if self._stale_after_s is None:
             return
-        cutoff = self._wall_clock() - self._stale_after_s
+        limit = self._stale_after_s() if callable(self._stale_after_s) else self._stale_after_s
+        cutoff = self._wall_clock() - limit
         for sid, q in self._queues.items():
             if q.policy is DropPolicy.DROP_OLDEST:
                 while q.items and q.items[0][0].capture_ts < cutoff:

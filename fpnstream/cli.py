@@ -87,6 +87,17 @@ def _parser() -> argparse.ArgumentParser:
     s_ls = ssub.add_parser("list", help="state, fps, drops and last error per stream")
     s_ls.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    bench = sub.add_parser("bench", help="naive PyAV+torchvision loop vs. the pipeline (in-process and Ray), one run")
+    bench.add_argument("--clips", type=int, default=4)
+    bench.add_argument("--frames", type=int, default=30, help="frames per clip")
+    bench.add_argument("--size", default="640x360", help="WxH of the synthetic clips")
+    bench.add_argument("--model", default="fasterrcnn_mobilenet_v3_large_320_fpn", choices=MODEL_NAMES)
+    bench.add_argument("--batch-size", type=int, default=4)
+    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    bench.add_argument("--redis-url", help="default: an embedded Redis")
+    bench.add_argument("--no-ray", action="store_true", help="skip the Ray run")
+    bench.add_argument("--out", default="benchmarks/out", help="folder for bench.json, bench.md, bench.png")
+
     synth = sub.add_parser("synth", help="write a synthetic test video (moving shapes)")
     synth.add_argument("out")
     synth.add_argument("--frames", type=int, default=150)
@@ -271,6 +282,25 @@ def cmd_tail(a: argparse.Namespace) -> int:
             embedded.stop()
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fpnstream.bench import bench
+
+    try:
+        w, h = (int(v) for v in a.size.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size must look like 640x360, not {a.size!r}") from None
+    if min(a.clips, a.frames, a.batch_size, w, h) < 1:
+        raise ConfigError("bench: clips, frames, batch size and size must be positive")
+    setup_logging("WARNING")
+    doc = bench(a.clips, a.frames, w, h, a.model, a.batch_size, a.redis_url, not a.no_ray, Path(a.out), a.device)
+    from fpnstream.bench import markdown
+
+    print(markdown(doc))
+    return 0
+
+
 def cmd_synth(a: argparse.Namespace) -> int:
     from fpnstream.synthetic import write_clip
 
@@ -291,7 +321,7 @@ def cmd_synth(a: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     a = parser.parse_args(argv)
-    handlers = {"run": cmd_run, "tail": cmd_tail, "streams": cmd_streams, "synth": cmd_synth}
+    handlers = {"run": cmd_run, "tail": cmd_tail, "streams": cmd_streams, "synth": cmd_synth, "bench": cmd_bench}
     try:
         rc = handlers[a.command](a)
         if a.command == "run" and threading.active_count() > 1:

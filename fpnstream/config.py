@@ -184,8 +184,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 def _one_line(err: ValidationError) -> str:
     parts = []
     for item in err.errors():
-        loc = ".".join(str(x) for x in item["loc"]) or "<root>"
-        msg = item["msg"].removeprefix("Value error, ")
+        # Keys come from user YAML: escape control characters so the error stays one line.
+        loc = ".".join(str(x) for x in item["loc"]).encode("unicode_escape").decode("ascii") or "<root>"
+        msg = " ".join(item["msg"].removeprefix("Value error, ").split())
         if item["type"] == "extra_forbidden":
             msg = "unknown key"
         parts.append(f"{loc}: {msg}")

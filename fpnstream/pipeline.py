@@ -110,7 +110,8 @@ class Pipeline:
         self._stop_grace_s = stop_grace_s
         self._sources: dict[str, _Source] = {}
         self._reports: dict[str, StreamReport] = {}
-        self._mux = FrameMux(on_drop=self._count_drop, keep_open=keep_open, stale_after_s=freshness_s)
+        self._mux = FrameMux(on_drop=self._count_drop, keep_open=keep_open,
+                             stale_after_s=self._age_budget if freshness_s is not None else None)
         # Bounded: when the detector is busy the batcher blocks, then the queues fill, then file
         # decoders block (live ones drop oldest) — backpressure all the way to the source.
         self._inflight: queue.Queue = queue.Queue(maxsize=max(1, backend.max_inflight))
@@ -286,12 +287,20 @@ class Pipeline:
         finally:
             decoder.close()
 
+    def _age_budget(self) -> float:
+        """How old a live frame may be when it goes into a batch: the freshness limit minus
+        the recent detect+publish time, so it is still fresh when published. Never below a
+        quarter of the limit: if the model alone is slower than the limit, detect the
+        freshest frames rather than none."""
+        assert self._freshness_s is not None
+        return max(self._freshness_s - self._batch_seconds_ema, 0.25 * self._freshness_s)
+
     def _admit(self, frames: list[Frame]) -> list[Frame]:
         """Right before inference: drop live frames that would be older than the freshness
         limit by the time they are published (age now + the recent batch time)."""
         if self._freshness_s is None:
             return frames
-        cutoff = time.time() + self._batch_seconds_ema - self._freshness_s
+        cutoff = time.time() - self._age_budget()
         fresh = []
         for f in frames:
             if self._reports[f.stream_id].live and f.capture_ts < cutoff:
