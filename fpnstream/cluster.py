@@ -25,7 +25,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from fpnstream.config import AppConfig, SourceConfig
 from fpnstream.control import control_key, expand_env, workers_key, write_status
 from fpnstream.errors import FpnstreamError, ModelError
-from fpnstream.pipeline import ENDED_STATES, FAILED, FINISHED, MOVED, RunReport, StreamReport
+from fpnstream.pipeline import ENDED_STATES, FINISHED, MOVED, RunReport, StreamReport
 from fpnstream.redact import redact_text
 from fpnstream.sources import SourceSpec, resolve_sources
 from fpnstream.worker import StreamWorker
@@ -151,10 +151,6 @@ class Coordinator:
     def _record_worker(self, w: _Worker) -> None:
         """Where each worker runs (host, pid), for operators and for fault-injection tests."""
         self._redis.hset(workers_key(self._prefix), str(w.index), json.dumps(w.info))
-
-    @property
-    def model_name(self) -> str:
-        return self._workers[0].info.get("model", "") if self._workers else ""
 
     def _pick_worker(self) -> _Worker | None:
         healthy = [w for w in self._workers if w.healthy]
@@ -409,5 +405,3 @@ def run_cluster(cfg: AppConfig, specs_cfg: list[SourceConfig], redis_client, red
     finally:
         coord.close()
 
-
-__all__ = ["Coordinator", "WorkerMetrics", "connect", "run_cluster", "FAILED"]

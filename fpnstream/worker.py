@@ -18,7 +18,7 @@ from prometheus_client import generate_latest
 import fpnstream
 from fpnstream.config import AppConfig
 from fpnstream.metrics import Metrics
-from fpnstream.pipeline import ENDED_STATES, Pipeline
+from fpnstream.pipeline import Pipeline
 from fpnstream.redis_server import connect
 from fpnstream.sink import RedisStreamSink
 from fpnstream.sources import SourceSpec, VideoDecoder
@@ -89,8 +89,3 @@ class StreamWorker:
             while not self._pipeline.done and time.monotonic() < deadline:
                 time.sleep(0.05)
         return self.status()
-
-    def busy_streams(self) -> int:
-        if self._pipeline is None:
-            return 0
-        return sum(1 for r in self._pipeline.snapshot().values() if r.state not in ENDED_STATES)
