@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import uuid
 import threading
 import time
+import uuid
+from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -398,12 +399,12 @@ class Pipeline:
     def _account_published(self, result: BatchResult, published) -> None:
         now = time.time()
         m = self._metrics
+        per_class: Counter[tuple[str, str]] = Counter()  # one metric update per class, not per box
         for meta, dets, latency in zip(result.metas, result.detections, published.latencies):
             if meta.stream_id in published.fenced:
                 continue
             m.frames_published.labels(meta.stream_id).inc()
-            for name in dets.names:
-                m.detections.labels(meta.stream_id, name).inc()
+            per_class.update((meta.stream_id, name) for name in dets.names)
             m.end_to_end_seconds.labels(meta.stream_id).observe(latency)
             report = self._reports[meta.stream_id]
             report.published += 1
@@ -416,6 +417,8 @@ class Pipeline:
                 report.fps = count / (now - start)
                 start, count = now, 0
             self._fps_window[meta.stream_id] = (start, count + 1)
+        for (sid, name), n in per_class.items():
+            m.detections.labels(sid, name).inc(n)
         for sid in published.fenced:
             log.warning("stream %s moved to another worker; this one stops feeding it", sid)
             self.remove_source(sid, state=MOVED)
