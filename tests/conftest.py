@@ -134,6 +134,24 @@ def small_checkpoint(tmp_path_factory) -> Path:
     return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "firing_small.pth")
 
 
+def start_run(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """`fpnstream run ARGS` in the background, as a user would start it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "fpnstream", "run", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+
+
+def wait_for(cond, proc: subprocess.Popen | None = None, timeout: float = 120, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"run exited early ({proc.returncode}) waiting for {what}:\n{proc.stderr.read()[-4000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
 def run_cli(*args: str, timeout: float = 240, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "fpnstream", *args],

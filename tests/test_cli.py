@@ -3,7 +3,6 @@
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -13,7 +12,8 @@ import redis
 
 from fpnstream.schema import decode_entry
 from tests.conftest import (
-    PARITY_MAX_SIZE, PARITY_MIN_SIZE, PARITY_MODEL, REPO, SMALL_MODEL, free_port, reference_frames, run_cli,
+    PARITY_MAX_SIZE, PARITY_MIN_SIZE, PARITY_MODEL, SMALL_MODEL, free_port, reference_frames, run_cli, start_run,
+    wait_for,
 )
 from tests.parity import match_detections, torchvision_reference
 
@@ -95,16 +95,10 @@ def test_sigterm_drains_and_exits_zero(tmp_path, redis_proc, small_checkpoint):
     from fpnstream.synthetic import write_clip
 
     clip = write_clip(tmp_path / "long.mp4", frames=600, width=160, height=120)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fpnstream", "run", "--source", f"long={clip}", "--model", SMALL_MODEL,
-         "--weights", str(small_checkpoint), "--redis-url", redis_proc.url, "--metrics-port", "0", "--in-process"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = start_run("--source", f"long={clip}", "--model", SMALL_MODEL, "--weights", str(small_checkpoint),
+                     "--redis-url", redis_proc.url, "--metrics-port", "0", "--in-process")
     client = redis_proc.client()
-    deadline = time.monotonic() + 120
-    while client.xlen("fpnstream:detections:long") < 5:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
-        time.sleep(0.1)
+    wait_for(lambda: client.xlen("fpnstream:detections:long") >= 5, proc, what="first frames")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -118,16 +112,10 @@ def test_sigterm_drains_and_exits_zero(tmp_path, redis_proc, small_checkpoint):
 
 
 def test_live_rtsp_runs_until_sigint_then_drains(rtsp_url, redis_proc, small_checkpoint):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fpnstream", "run", "--source", f"cam={rtsp_url}", "--model", SMALL_MODEL,
-         "--weights", str(small_checkpoint), "--redis-url", redis_proc.url, "--metrics-port", "0", "--in-process"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = start_run("--source", f"cam={rtsp_url}", "--model", SMALL_MODEL, "--weights", str(small_checkpoint),
+                     "--redis-url", redis_proc.url, "--metrics-port", "0", "--in-process")
     client = redis_proc.client()
-    deadline = time.monotonic() + 120
-    while client.xlen("fpnstream:detections:cam") < 10:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
-        time.sleep(0.1)
+    wait_for(lambda: client.xlen("fpnstream:detections:cam") >= 10, proc, what="first frames")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err

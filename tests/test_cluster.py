@@ -7,8 +7,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,26 +15,9 @@ import pytest
 
 from fpnstream.schema import decode_entry
 from fpnstream.synthetic import write_clip
-from tests.conftest import REPO, SMALL_MODEL, free_port, reference_frames, run_cli
+from tests.conftest import SMALL_MODEL, reference_frames, run_cli, start_run, wait_for
 
 FAST = ["--model", SMALL_MODEL, "--min-size", "64", "--max-size", "128", "--metrics-port", "0"]
-
-
-def start_run(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "fpnstream", "run", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
-
-
-def wait_for(cond, proc: subprocess.Popen | None = None, timeout: float = 120, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"run exited early ({proc.returncode}) waiting for {what}:\n{proc.stderr.read()[-4000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def frames_in(client, prefix: str, sid: str) -> list[int]:

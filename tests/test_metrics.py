@@ -16,8 +16,7 @@ import urllib.request
 import pytest
 
 from fpnstream.metrics import STAGES, Metrics, MetricsServer
-from tests.conftest import REPO, SMALL_MODEL, free_port, reference_frames
-from tests.test_cluster import start_run, wait_for
+from tests.conftest import REPO, SMALL_MODEL, free_port, reference_frames, start_run, wait_for
 
 
 def http_get(url: str) -> tuple[int, str]:

@@ -9,8 +9,8 @@ import subprocess
 import time
 
 from fpnstream.schema import decode_entry
-from tests.conftest import REPO, SMALL_MODEL, SYSTEM_PYTHON, free_port, run_cli
-from tests.test_cluster import StallingTsServer, start_run, wait_for
+from tests.conftest import REPO, SMALL_MODEL, SYSTEM_PYTHON, free_port, run_cli, start_run, wait_for
+from tests.test_cluster import StallingTsServer
 
 FAST = ["--model", SMALL_MODEL, "--min-size", "64", "--max-size", "128", "--metrics-port", "0"]
 
