@@ -79,6 +79,7 @@ def run_job(cfg: AppConfig, stop: threading.Event, environ=os.environ, metrics: 
 
 def _run_in_process(cfg: AppConfig, specs: list[SourceSpec], client, stop: threading.Event, metrics: Metrics) -> RunReport:
     from fpnstream.backends import InProcessBackend  # torch loads here, after the cheap checks
+    from fpnstream.snapshots import PreviewSnapshots
 
     server = serve(metrics.registry, cfg.metrics.port, cfg.metrics.host)
     backend = InProcessBackend.from_config(cfg.model, cfg.ray, metrics.gpu_memory)
@@ -90,6 +91,7 @@ def _run_in_process(cfg: AppConfig, specs: list[SourceSpec], client, stop: threa
         freshness = cfg.batch.freshness_ms / 1000.0 if cfg.batch.freshness_ms else None
         pipeline = Pipeline(backend, sink, metrics, cfg.batch, cfg.decode.queue_size, freshness_s=freshness,
                             keep_open=cfg.keep_alive, stop_grace_s=cfg.stop_grace_s, backoff=backoff_policy(cfg),
+                            snapshots=PreviewSnapshots.from_config(cfg.preview, client, cfg.redis.prefix, backend.model_name),
                             **buffer_options(cfg))
         for spec in specs:
             sink.claim(spec.stream_id, restart=True)

@@ -73,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--stream", help="one stream id (default: all)")
     tail.add_argument("--count", type=int, default=10, help="last N entries per stream (default 10)")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
+    tail.add_argument("--group", help="read as a member of this consumer group (entries are acked once printed)")
+    tail.add_argument("--consumer", help="consumer name within --group (default: HOST-PID)")
+    tail.add_argument("--start", default=None,
+                      help="with --group, where a new group starts: latest (default), beginning, or a time "
+                           "(ISO 8601 or Unix seconds)")
 
     streams = sub.add_parser("streams", help="add, remove or list streams of a running job (through Redis)")
     streams.add_argument("--config", help="YAML config (for redis settings)")
@@ -97,6 +102,23 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--redis-url", help="default: an embedded Redis")
     bench.add_argument("--no-ray", action="store_true", help="skip the Ray run")
     bench.add_argument("--out", default="benchmarks/out", help="folder for bench.json, bench.md, bench.png")
+
+    ann = sub.add_parser("annotate", help="draw a stream's published detections onto its source video")
+    ann.add_argument("--source", required=True, help="the video file the stream was made from")
+    ann.add_argument("--stream", required=True, help="stream id whose detections to draw")
+    ann.add_argument("--out", required=True, help="OUT.mp4 (H.264) or a folder for PNG frames")
+    ann.add_argument("--config", help="YAML config (for redis settings)")
+    ann.add_argument("--redis-url", help="default: the embedded Redis of `run`")
+    ann.add_argument("--redis-prefix")
+    ann.add_argument("--sheet", help="contact sheet PNG (default: next to --out, *-sheet.png)")
+    ann.add_argument("--sheet-frames", type=int, default=6, help="frames on the contact sheet")
+
+    prev = sub.add_parser("preview", help="web page with each stream's latest annotated frame, fps, latency, drops")
+    prev.add_argument("--config", help="YAML config (for redis settings)")
+    prev.add_argument("--redis-url", help="default: the embedded Redis of `run`")
+    prev.add_argument("--redis-prefix")
+    prev.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    prev.add_argument("--port", type=int, default=8090, help="HTTP port (default 8090; 0 = any free port)")
 
     synth = sub.add_parser("synth", help="write a synthetic test video (moving shapes)")
     synth.add_argument("out")
@@ -230,9 +252,13 @@ def cmd_tail(a: argparse.Namespace) -> int:
 
     if a.count < 0:
         raise ConfigError("--count must be >= 0")
+    if (a.consumer or a.start) and not a.group:
+        raise ConfigError("--consumer and --start need --group")
     client, cfg, embedded = _tail_client(a)
     try:
         prefix = cfg.redis.prefix
+        if a.group:
+            return _tail_group(a, client, prefix)
         if a.stream:
             keys = [stream_key(prefix, a.stream)]
             if not client.exists(keys[0]):
@@ -282,6 +308,35 @@ def cmd_tail(a: argparse.Namespace) -> int:
             embedded.stop()
 
 
+def _tail_group(a: argparse.Namespace, client, prefix: str) -> int:
+    """Print and ack entries as a member of a consumer group: each entry goes to one member;
+    ones a crashed member left unacked are taken over after 30 s. Without --follow, stop
+    after --count entries or when none arrive for a second."""
+    from fpnstream.consumer import DetectionConsumer
+
+    consumer = DetectionConsumer(client, prefix, [a.stream] if a.stream else None, group=a.group,
+                                 consumer=a.consumer, start=a.start or "latest", count=min(a.count or 100, 100))
+    printed = 0
+    try:
+        while a.follow or not a.count or printed < a.count:
+            want = 100 if a.follow or not a.count else a.count - printed
+            results = consumer.read(count=want)
+            if not results and not a.follow:
+                break
+            for r in results:
+                doc = {"id": r.entry_id, "v": "1", "stream": r.stream_id, "frame": r.meta.index, "pts": r.meta.pts,
+                       "ts": r.meta.capture_ts, "width": r.meta.width, "height": r.meta.height, "model": r.model,
+                       "detections": r.detections.to_json_list(), "latency_ms": r.latency_ms, "gap": r.meta.gap}
+                if r.reclaimed:
+                    doc["reclaimed"] = True
+                print(json.dumps(doc), flush=True)
+                consumer.ack(r)
+                printed += 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -298,6 +353,44 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from fpnstream.bench import markdown
 
     print(markdown(doc))
+    return 0
+
+
+def cmd_annotate(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fpnstream.annotate import annotate
+
+    if a.sheet_frames < 0:
+        raise ConfigError("--sheet-frames must be >= 0")
+    client, cfg, embedded = _tail_client(a)
+    try:
+        report = annotate(client, cfg.redis.prefix, a.stream, Path(a.source), Path(a.out),
+                          Path(a.sheet) if a.sheet else None, a.sheet_frames)
+    finally:
+        client.close()
+        if embedded:
+            embedded.stop()
+    print(f"wrote {report.out} ({report.frames} frames, {report.annotated} with detections drawn"
+          f"{f', sheet {report.sheet}' if report.sheet else ''})", file=sys.stderr)
+    return 0
+
+
+def cmd_preview(a: argparse.Namespace) -> int:
+    from fpnstream.preview import run_preview
+
+    if not 0 <= a.port <= 65535:
+        raise ConfigError("--port must be 0..65535")
+    setup_logging("INFO")
+    client, cfg, embedded = _tail_client(a)
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    try:
+        run_preview(client, cfg.redis.prefix, a.host, a.port, stop)
+    finally:
+        client.close()
+        if embedded:
+            embedded.stop()
     return 0
 
 
@@ -321,7 +414,8 @@ def cmd_synth(a: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     a = parser.parse_args(argv)
-    handlers = {"run": cmd_run, "tail": cmd_tail, "streams": cmd_streams, "synth": cmd_synth, "bench": cmd_bench}
+    handlers = {"run": cmd_run, "tail": cmd_tail, "streams": cmd_streams, "synth": cmd_synth, "bench": cmd_bench,
+                "annotate": cmd_annotate, "preview": cmd_preview}
     try:
         rc = handlers[a.command](a)
         if a.command == "run" and threading.active_count() > 1:

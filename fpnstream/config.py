@@ -115,6 +115,15 @@ class MetricsConfig(_Strict):
     host: str = Field(default="127.0.0.1", description="bind address; 0.0.0.0 to let Prometheus scrape remotely")
 
 
+class PreviewConfig(_Strict):
+    """Snapshots for `fpnstream preview`: the newest frame of each stream, as a small JPEG."""
+
+    fps: float = Field(default=1.0, ge=0, le=30, description="snapshots per stream per second; 0 = off")
+    max_width: int = Field(default=640, ge=32, le=8192, description="larger frames are scaled down")
+    quality: int = Field(default=75, ge=1, le=95, description="JPEG quality")
+    ttl_s: float = Field(default=60.0, gt=0, le=86_400, description="a stream's snapshot expires after this")
+
+
 class AppConfig(_Strict):
     sources: tuple[SourceConfig, ...] = ()
     decode: DecodeConfig = DecodeConfig()
@@ -123,6 +132,7 @@ class AppConfig(_Strict):
     ray: RayConfig = RayConfig()
     redis: RedisConfig = RedisConfig()
     metrics: MetricsConfig = MetricsConfig()
+    preview: PreviewConfig = PreviewConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     stop_grace_s: float = Field(default=30.0, gt=0, le=3600, description="on SIGTERM: time to drain before exit")
     keep_alive: bool = Field(default=False, description="keep running when every source has ended (streams added at runtime)")

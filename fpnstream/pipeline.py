@@ -29,6 +29,7 @@ from fpnstream.sink import RedisStreamSink
 from fpnstream.errors import SourceError
 from fpnstream.sources.decoder import VideoDecoder
 from fpnstream.sources.reconnect import Backoff
+from fpnstream.snapshots import NoSnapshots
 from fpnstream.spool import PublishBuffer
 
 if TYPE_CHECKING:  # backends import torch; the pipeline itself does not need it
@@ -94,10 +95,13 @@ class Pipeline:
         spool_dir: str | None = None,
         spool_bytes: int = 0,
         outage_wait_s: float = 300.0,
+        snapshots: NoSnapshots | None = None,
     ) -> None:
         """`backoff` makes the reconnect policy of each live source. While Redis is down,
         results wait in memory (`buffer_frames`), then in `spool_dir` (`spool_bytes`); at
-        the end of a run the publisher waits up to `outage_wait_s` for Redis to return."""
+        the end of a run the publisher waits up to `outage_wait_s` for Redis to return.
+        `snapshots` keeps preview frames (fpnstream preview); default: none."""
+        self._snapshots = snapshots or NoSnapshots()
         self._backoff = backoff
         spool = Path(spool_dir) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}" if spool_dir else None
         self._buffer = PublishBuffer(spool, buffer_frames, spool_bytes, self._spool_overflow)
@@ -332,6 +336,7 @@ class Pipeline:
                 for w in batch.waits:
                     wait_hist.observe(w)
                 self._metrics.batch_size.observe(len(batch.frames))
+                self._snapshots.offer(batch.frames)
                 if not self._put_inflight(self._backend.submit(batch.frames, self._admit)):
                     break
         except Exception as e:
@@ -395,6 +400,7 @@ class Pipeline:
             self._batch_seconds_ema += 0.2 * (t.preprocess + t.inference + t.postprocess + publish_s - self._batch_seconds_ema)
             self._account_published(result, published)
             self._buffer.pop()
+            self._snapshots.published(result, self._reports)
 
     def _account_published(self, result: BatchResult, published) -> None:
         now = time.time()

@@ -22,6 +22,11 @@ def status_key(prefix: str, stream_id: str) -> str:
     return f"{prefix}:status:{stream_id}"
 
 
+def preview_key(prefix: str, stream_id: str) -> str:
+    """Hash with the newest snapshot of a stream for `fpnstream preview` (see snapshots.py)."""
+    return f"{prefix}:preview:{stream_id}"
+
+
 def encode_entry(meta: FrameMeta, dets: Detections, model: str, published_ts: float) -> dict[str, str]:
     fields = {
         "v": SCHEMA_VERSION,

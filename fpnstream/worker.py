@@ -39,6 +39,7 @@ class StreamWorker:
         from fpnstream.app import backoff_policy, buffer_options
         from fpnstream.backends import InProcessBackend
         from fpnstream.model import Detector
+        from fpnstream.snapshots import PreviewSnapshots
 
         cfg = self._cfg
         detector = Detector.from_config(cfg.model)
@@ -50,6 +51,7 @@ class StreamWorker:
             InProcessBackend(detector, cfg.ray.max_inflight_per_actor, self._metrics.gpu_memory), self._sink, self._metrics, cfg.batch,
             cfg.decode.queue_size, freshness_s=freshness, keep_open=True, stop_grace_s=cfg.stop_grace_s,
             backoff=backoff_policy(cfg), **buffer_options(cfg),
+            snapshots=PreviewSnapshots.from_config(cfg.preview, client, cfg.redis.prefix, detector.model_name),
         )
         self._pipeline.start()
         return {"incarnation": self.incarnation, "model": detector.model_name, "device": str(detector.device),

@@ -1,0 +1,319 @@
+"""Read fpnstream's detections from Redis: typed results, consumer groups, ack, reclaim.
+
+    import redis
+    from fpnstream.consumer import DetectionConsumer
+
+    consumer = DetectionConsumer(redis.Redis(), group="alerts", consumer="alerts-1")
+    for result in consumer:                      # blocks; every stream under the prefix
+        for box, name, score in zip(result.detections.boxes, result.detections.names,
+                                    result.detections.scores):
+            ...
+        consumer.ack(result)                     # unacked entries are reclaimed by others
+
+Without a group, a consumer reads every entry itself (like `tail -f`); with one, the group's
+consumers share the entries, each entry goes to one of them, and entries a crashed consumer
+left unacknowledged are taken over (XAUTOCLAIM) once idle for `claim_idle_ms`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterator, Sequence
+
+import numpy as np
+import redis
+
+from fpnstream.errors import ConfigError, SinkError
+from fpnstream.frames import Detections, FrameMeta
+from fpnstream.schema import SchemaError, decode_entry, stream_key
+
+log = logging.getLogger(__name__)
+
+_MAX_SEQ = 2**64 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    """One published frame: its metadata and its detections as aligned arrays."""
+
+    entry_id: str  # Redis stream entry id; its first part is the publish time in ms
+    key: str  # the Redis stream key it came from
+    meta: FrameMeta
+    detections: Detections
+    model: str
+    latency_ms: float  # capture -> publish, as measured by the worker
+    reclaimed: bool = False  # taken over from a consumer that did not ack it
+
+    @property
+    def stream_id(self) -> str:
+        return self.meta.stream_id
+
+    @property
+    def published_ts(self) -> float:
+        return int(self.entry_id.split("-", 1)[0]) / 1000.0
+
+
+def result_from_entry(key: str, entry_id: str, fields: dict, reclaimed: bool = False) -> FrameResult:
+    doc = decode_entry(fields)
+    dets = doc["detections"]
+    detections = Detections(
+        boxes=np.asarray([d["box"] for d in dets], dtype=np.float32).reshape(-1, 4),
+        scores=np.asarray([d["score"] for d in dets], dtype=np.float32),
+        labels=np.asarray([d["label"] for d in dets], dtype=np.int64),
+        names=tuple(d.get("name", "") for d in dets),
+    )
+    meta = FrameMeta(doc["stream"], doc["frame"], doc["pts"], doc["ts"], doc["width"], doc["height"], doc["gap"])
+    return FrameResult(entry_id, key, meta, detections, doc["model"], doc["latency_ms"], reclaimed)
+
+
+def parse_start(start: str | float | datetime | None) -> str | float:
+    """'latest' | 'beginning' | a datetime | Unix seconds | an ISO 8601 string (naive = local time)."""
+    if start is None or start == "latest":
+        return "latest"
+    if start == "beginning":
+        return "beginning"
+    if isinstance(start, datetime):
+        return start.timestamp()
+    if isinstance(start, (int, float)):
+        return float(start)
+    try:
+        return float(start)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(start).timestamp()
+    except ValueError:
+        raise ConfigError(f"start must be latest, beginning, Unix seconds or an ISO 8601 time, not {start!r}") from None
+
+
+def _id_before(ts: float) -> str:
+    """The largest entry id before `ts`: reading after it yields every entry at or after ts."""
+    ms = int(ts * 1000)
+    return f"{ms - 1}-{_MAX_SEQ}" if ms > 0 else "0-0"
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class DetectionConsumer:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "fpnstream",
+        streams: Sequence[str] | None = None,
+        group: str | None = None,
+        consumer: str | None = None,
+        start: str | float | datetime | None = "latest",
+        count: int = 100,
+        block_ms: int = 1000,
+        claim_idle_ms: int | None = 30_000,
+        discover_every_s: float = 2.0,
+    ) -> None:
+        """`streams`: stream ids (default: every stream under `prefix`, including ones that
+        appear later). `start` applies to a consumer without a group, and to a group when this
+        consumer creates it; an existing group keeps its position. `claim_idle_ms`: take over
+        entries other group members left unacked this long (None: only on `reclaim()`)."""
+        if count < 1 or block_ms < 0:
+            raise ConfigError("count must be >= 1 and block_ms >= 0")
+        if consumer is not None and group is None:
+            raise ConfigError("a consumer name needs a group")
+        self._client = client
+        self._prefix = prefix
+        self._fixed = [stream_key(prefix, s) for s in streams] if streams else None
+        self.group = group
+        self.consumer = consumer or (default_consumer_name() if group else None)
+        self._count = count
+        self._block_ms = block_ms
+        self._claim_idle_ms = claim_idle_ms
+        self._discover_every_s = discover_every_s
+        self._next_discovery = 0.0
+        self._last_claim = 0.0
+        self._rotation = -1
+        self.skipped = 0  # entries that could not be decoded (acked in a group, so they do not come back)
+        start = parse_start(start)
+        self._latest = start == "latest"
+        # Resolved once, in the server's clock: streams found later start from the same point;
+        # streams that exist now start after their last entry.
+        if start == "latest":
+            secs, micros = self._call(client.time)
+            self._start_id = _id_before(secs + micros / 1e6)
+        elif start == "beginning":
+            self._start_id = "0-0"
+        else:
+            self._start_id = _id_before(float(start))
+        # Per key: where this consumer reads next. In a group, "0" first (this consumer's own
+        # unacked entries, e.g. from before a restart), then ">" (new entries).
+        self._cursor: dict[str, str] = {}
+        self._discover(force=True)
+
+    # -- public ----------------------------------------------------------------------------
+    def read(self, count: int | None = None, block_ms: int | None = None) -> list[FrameResult]:
+        """Up to `count` results in all, waiting up to `block_ms` for the first one."""
+        self._discover()
+        count = count or self._count
+        block = self._block_ms if block_ms is None else block_ms
+        out: list[FrameResult] = []
+        if self.group and self._claim_idle_ms is not None and time.monotonic() - self._last_claim > self._claim_idle_ms / 2000:
+            out += self.reclaim(self._claim_idle_ms, count)
+            if out:
+                return out
+        if not self._cursor:
+            time.sleep(block / 1000)
+            return out
+        if self.group:
+            own = {k: c for k, c in self._cursor.items() if c != ">"}
+            if own:  # own pending entries: returned at once, no blocking
+                keys, per_key = self._plan(list(own), count)
+                replies = self._call(self._client.xreadgroup, self.group, self.consumer,
+                                     {k: own[k] for k in keys}, count=per_key)
+                for key, entries in replies or []:
+                    key = _text(key)
+                    if not entries:
+                        self._cursor[key] = ">"
+                    else:
+                        self._cursor[key] = _text(entries[-1][0])
+                    out += self._decode(key, entries)
+                if out:
+                    return out
+            keys, per_key = self._plan(list(self._cursor), count)
+            replies = self._call(self._client.xreadgroup, self.group, self.consumer,
+                                 {k: ">" for k in keys}, count=per_key, block=block or None)
+        else:
+            keys, per_key = self._plan(list(self._cursor), count)
+            replies = self._call(self._client.xread, {k: self._cursor[k] for k in keys}, count=per_key,
+                                 block=block or None)
+        for key, entries in replies or []:
+            key = _text(key)
+            if entries and not self.group:
+                self._cursor[key] = _text(entries[-1][0])
+            out += self._decode(key, entries)
+        return out
+
+    def _plan(self, keys: list[str], count: int) -> tuple[list[str], int]:
+        """Redis applies COUNT per stream; split `count` so a read never returns more than it
+        (in a group, every entry returned is delivered and must be processed), rotating the
+        streams served first so none starves."""
+        self._rotation = (self._rotation + 1) % len(keys)
+        keys = keys[self._rotation:] + keys[: self._rotation]
+        if count < len(keys):
+            return keys[:count], 1
+        return keys, count // len(keys)
+
+    def ack(self, *results: FrameResult) -> int:
+        """Acknowledge results in the group; returns how many were still pending."""
+        if not self.group or not results:
+            return 0
+        by_key: dict[str, list[str]] = {}
+        for r in results:
+            by_key.setdefault(r.key, []).append(r.entry_id)
+        pipe = self._client.pipeline(transaction=False)
+        for key, ids in by_key.items():
+            pipe.xack(key, self.group, *ids)
+        return sum(self._call(pipe.execute))
+
+    def reclaim(self, min_idle_ms: int | None = None, count: int | None = None) -> list[FrameResult]:
+        """Take over entries of this group that were delivered but not acked for `min_idle_ms`
+        (a consumer crashed or hangs); they are now this consumer's to process and ack."""
+        if not self.group:
+            raise ConfigError("reclaim needs a consumer group")
+        self._last_claim = time.monotonic()
+        min_idle = self._claim_idle_ms if min_idle_ms is None else min_idle_ms
+        budget = count or self._count
+        out: list[FrameResult] = []
+        for key in list(self._cursor):
+            cursor = "0-0"
+            while budget > 0:
+                reply = self._call(self._client.xautoclaim, key, self.group, self.consumer, min_idle or 0,
+                                   start_id=cursor, count=budget)
+                cursor, entries = _text(reply[0]), reply[1]
+                got = self._decode(key, [e for e in entries if e and e[1] is not None], reclaimed=True)
+                out += got
+                budget -= len(entries)
+                if cursor == "0-0" or not entries:
+                    break
+        return out
+
+    def pending(self) -> int:
+        """Entries delivered to this group and not yet acked, over all its streams."""
+        if not self.group:
+            return 0
+        total = 0
+        for key in self._cursor:
+            total += int(self._call(self._client.xpending, key, self.group)["pending"])
+        return total
+
+    def __iter__(self) -> Iterator[FrameResult]:
+        while True:
+            yield from self.read()
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted(self._cursor)
+
+    # -- internals -------------------------------------------------------------------------
+    def _discover(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next_discovery:
+            return
+        self._next_discovery = now + self._discover_every_s
+        if self._fixed is not None:
+            keys = [k for k in self._fixed if k not in self._cursor]
+        else:
+            found = self._call(lambda: list(self._client.scan_iter(match=stream_key(self._prefix, "*"), _type="stream")))
+            keys = [k for k in (_text(k) for k in found) if k not in self._cursor]
+        for key in keys:
+            start_id = self._start_id
+            if force and self._latest:
+                start_id = "$" if self.group else self._last_id(key)
+            if self.group:
+                try:
+                    self._call(self._client.xgroup_create, key, self.group, id=start_id, mkstream=True)
+                except redis.ResponseError as e:
+                    if "BUSYGROUP" not in str(e):
+                        raise SinkError(f"cannot create consumer group {self.group!r} on {key}: {e}") from None
+                self._cursor[key] = "0"
+            else:
+                self._cursor[key] = start_id
+
+    def _last_id(self, key: str) -> str:
+        newest = self._call(self._client.xrevrange, key, count=1)
+        return max(self._start_id, _text(newest[0][0]), key=_id_tuple) if newest else self._start_id
+
+    def _decode(self, key: str, entries, reclaimed: bool = False) -> list[FrameResult]:
+        out = []
+        bad = []
+        for entry_id, fields in entries:
+            entry_id = _text(entry_id)
+            try:
+                out.append(result_from_entry(key, entry_id, fields, reclaimed))
+            except (SchemaError, ValueError, KeyError, TypeError) as e:
+                self.skipped += 1
+                bad.append(entry_id)
+                log.warning("skipping undecodable entry %s in %s: %s", entry_id, key, e)
+        if bad and self.group:
+            self._call(self._client.xack, key, self.group, *bad)
+        return out
+
+    @staticmethod
+    def _call(fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except redis.ResponseError:
+            raise
+        except redis.RedisError as e:
+            raise SinkError(f"Redis: {type(e).__name__}: {e}") from None
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, (bytes, bytearray)) else str(v)

@@ -1,0 +1,125 @@
+"""Preview snapshots: the newest frame of each stream, with its detections, kept in Redis.
+
+A worker holds on to at most one frame per stream every 1/fps seconds and, once that
+frame's detections are published, writes it as a scaled-down JPEG to
+`<prefix>:preview:<stream id>` (a hash that expires after `ttl_s`). `fpnstream preview`
+reads those hashes: it needs no access to the cameras, wherever the workers run.
+
+Hash fields: v, stream, frame, ts (capture), published_ts, width, height (original frame),
+jpeg (bytes), jpeg_width, jpeg_height, detections (schema v1 JSON, original pixels),
+latency_ms, fps, dropped (total), drops (JSON by reason), state, model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import redis
+
+from fpnstream import SCHEMA_VERSION
+from fpnstream.config import PreviewConfig
+from fpnstream.frames import BatchResult, Frame
+from fpnstream.schema import preview_key
+
+if TYPE_CHECKING:
+    from fpnstream.pipeline import StreamReport
+
+log = logging.getLogger(__name__)
+
+
+class NoSnapshots:
+    """Preview off: the pipeline calls the same two methods, which do nothing."""
+
+    def offer(self, frames: Sequence[Frame]) -> None:
+        pass
+
+    def published(self, result: BatchResult, reports: Mapping[str, StreamReport]) -> None:
+        pass
+
+
+class PreviewSnapshots(NoSnapshots):
+    def __init__(self, client: redis.Redis, prefix: str, model: str, fps: float, max_width: int = 640,
+                 quality: int = 75, ttl_s: float = 60.0) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._model = model
+        self._period = 1.0 / fps
+        self._max_width = max_width
+        self._quality = quality
+        self._ttl_ms = int(ttl_s * 1000)
+        self._held: dict[str, Frame] = {}
+        self._next_due: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._warned = False
+
+    @classmethod
+    def from_config(cls, cfg: PreviewConfig, client: redis.Redis, prefix: str, model: str) -> NoSnapshots:
+        if cfg.fps <= 0:
+            return NoSnapshots()
+        return cls(client, prefix, model, cfg.fps, cfg.max_width, cfg.quality, cfg.ttl_s)
+
+    def offer(self, frames: Sequence[Frame]) -> None:
+        """Called with each batch before detection: keep a reference (no copy; frames are
+        immutable) to one frame per stream per period."""
+        now = time.monotonic()
+        with self._lock:
+            for f in frames:
+                if now >= self._next_due.get(f.stream_id, 0.0):
+                    self._held[f.stream_id] = f
+                    self._next_due[f.stream_id] = now + self._period
+
+    def published(self, result: BatchResult, reports: Mapping[str, StreamReport]) -> None:
+        """Called after a batch is published: write the held frames it contains."""
+        due = []
+        with self._lock:
+            for meta, dets in zip(result.metas, result.detections):
+                held = self._held.get(meta.stream_id)
+                if held is not None and held.index == meta.index:
+                    due.append((self._held.pop(meta.stream_id), dets))
+        if not due:
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for frame, dets in due:
+                key = preview_key(self._prefix, frame.stream_id)
+                pipe.hset(key, mapping=self._fields(frame, dets.to_json_list(), reports.get(frame.stream_id)))
+                pipe.pexpire(key, self._ttl_ms)
+            pipe.execute()
+        except redis.RedisError as e:  # best effort: the preview never holds up detections
+            if not self._warned:
+                log.warning("preview snapshot not written: %s", type(e).__name__)
+                self._warned = True
+
+    def _fields(self, frame: Frame, dets: list[dict], report: StreamReport | None) -> dict[str, str | bytes]:
+        from PIL import Image
+
+        from fpnstream.draw import to_jpeg
+
+        img = Image.fromarray(frame.image)
+        if img.width > self._max_width:
+            img = img.resize((self._max_width, max(1, round(img.height * self._max_width / img.width))), Image.BILINEAR)
+        now = time.time()
+        drops = dict(report.dropped) if report else {}
+        return {
+            "v": SCHEMA_VERSION,
+            "stream": frame.stream_id,
+            "frame": str(frame.index),
+            "ts": repr(frame.capture_ts),
+            "published_ts": repr(now),
+            "width": str(frame.width),
+            "height": str(frame.height),
+            "jpeg": to_jpeg(img, self._quality),
+            "jpeg_width": str(img.width),
+            "jpeg_height": str(img.height),
+            "detections": json.dumps(dets, separators=(",", ":")),
+            "latency_ms": f"{(now - frame.capture_ts) * 1000.0:.3f}",
+            "fps": f"{report.fps if report else 0.0:.3f}",
+            "dropped": str(sum(drops.values())),
+            "drops": json.dumps(drops, separators=(",", ":")),
+            "state": report.state if report else "",
+            "model": self._model,
+        }
