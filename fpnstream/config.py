@@ -65,6 +65,9 @@ class ModelConfig(_Strict):
     min_size: int | None = Field(default=None, ge=32, le=4096)
     max_size: int | None = Field(default=None, ge=32, le=8192)
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        default="fp32", description="CUDA only: autocast to fp16/bf16 (check accuracy with `fpnstream bench`)")
+    channels_last: bool = Field(default=False, description="CUDA only: NHWC memory layout for the backbone")
 
     @field_validator("name")
     @classmethod

@@ -6,16 +6,21 @@ the in-process pipeline calls it directly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import time
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.models import detection as tvd
+from torchvision.models.detection.image_list import ImageList
 
 from fpnstream.config import ModelConfig
 from fpnstream.errors import ModelError
@@ -168,7 +173,13 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: st
 
 
 class Detector:
-    """Runs one batch of frames through the model and returns aligned detections per frame."""
+    """Runs one batch of frames through the model and returns aligned detections per frame.
+
+    Frames are grouped by size; each group is copied to the device in one transfer (from a
+    pinned buffer on CUDA) and normalised and resized as one tensor, where torchvision's
+    transform loops per image. The arithmetic is torchvision's own, in the same order, so
+    on the CPU in fp32 a frame's result equals calling the torchvision model on that frame.
+    """
 
     def __init__(
         self,
@@ -178,6 +189,8 @@ class Detector:
         device: torch.device,
         max_detections: int,
         allowed_labels: frozenset[int] | None = None,
+        precision: str = "fp32",
+        channels_last: bool = False,
     ) -> None:
         self.model = model.eval().to(device)
         self.class_names = tuple(class_names)
@@ -185,6 +198,15 @@ class Detector:
         self.device = device
         self.max_detections = max_detections
         self._allowed = None if allowed_labels is None else torch.tensor(sorted(allowed_labels), device=device)
+        cuda = device.type == "cuda"
+        if (precision != "fp32" or channels_last) and not cuda:
+            log.warning("precision %s / channels_last apply on CUDA only; running fp32 on %s", precision, device)
+        self.precision = precision if cuda else "fp32"
+        self._autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        self._memory_format = torch.channels_last if cuda and channels_last else torch.contiguous_format
+        if self._memory_format is torch.channels_last:
+            self.model.backbone.to(memory_format=torch.channels_last)
+        self._pinned: OrderedDict[tuple[int, int, int], torch.Tensor] = OrderedDict()
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> Detector:
@@ -198,21 +220,22 @@ class Detector:
             if unknown:
                 raise ModelError(f"unknown class name(s) in allow-list: {', '.join(unknown)}")
             allowed = frozenset(i for i, n in enumerate(names) if n in cfg.classes)
-        return cls(model, names, cfg.name, device, cfg.max_detections, allowed)
+        return cls(model, names, cfg.name, device, cfg.max_detections, allowed, cfg.precision, cfg.channels_last)
 
     @torch.inference_mode()
     def detect(self, frames: Sequence[Frame]) -> BatchResult:
         t0 = time.perf_counter()
-        # Same conversion a user would write (uint8 HWC -> float CHW in [0, 1]); torchvision's
-        # own transform then normalises and resizes, which keeps parity with direct calls.
-        images = [
-            torch.from_numpy(f.image).to(self.device, non_blocking=True).permute(2, 0, 1).float().div_(255.0)
-            for f in frames
-        ]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, f in enumerate(frames):
+            groups.setdefault(f.image.shape[:2], []).append(i)
+        prepared = [(idxs, self._preprocess([frames[i].image for i in idxs])) for idxs in groups.values()]
+        self._sync()
         t1 = time.perf_counter()
-        outputs = self.model(images)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        outputs: list[dict[str, torch.Tensor]] = [{}] * len(frames)
+        for idxs, (images, original_size) in prepared:
+            for i, out in zip(idxs, self._infer(images, original_size)):
+                outputs[i] = out
+        self._sync()
         t2 = time.perf_counter()
         detections = tuple(self._to_detections(out) for out in outputs)
         t3 = time.perf_counter()
@@ -221,6 +244,57 @@ class Detector:
             detections=detections,
             times=StageTimes(preprocess=t1 - t0, inference=t2 - t1, postprocess=t3 - t2),
         )
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _upload(self, images: list[np.ndarray]) -> torch.Tensor:
+        """uint8 N x H x W x 3 on the device, in one copy."""
+        if self.device.type != "cuda":
+            return torch.from_numpy(np.stack(images)) if len(images) > 1 else torch.from_numpy(images[0])[None]
+        key = (len(images),) + images[0].shape[:2]
+        buf = self._pinned.pop(key, None)
+        if buf is None:
+            buf = torch.empty(key + (3,), dtype=torch.uint8, pin_memory=True)
+        self._pinned[key] = buf  # most recent last; the batch before was synchronised, so reuse is safe
+        while len(self._pinned) > 8:
+            self._pinned.popitem(last=False)
+        np.stack(images, out=buf.numpy())
+        return buf.to(self.device, non_blocking=True)
+
+    def _preprocess(self, images: list[np.ndarray]) -> tuple[ImageList, tuple[int, int]]:
+        """torchvision's transform (normalise, resize, pad to the size divisor) on a batch of
+        frames of one size."""
+        transform = self.model.transform
+        h, w = images[0].shape[:2]
+        x = self._upload(images).permute(0, 3, 1, 2).float().div_(255.0)
+        x = transform.normalize(x)
+        if transform.fixed_size is not None:
+            size, scale = [transform.fixed_size[1], transform.fixed_size[0]], None
+        else:
+            size, scale = None, min(transform.min_size[-1] / min(h, w), transform.max_size / max(h, w))
+        x = F.interpolate(x, size=size, scale_factor=scale, mode="bilinear",
+                          recompute_scale_factor=True if scale is not None else None, align_corners=False)
+        rh, rw = x.shape[-2:]
+        stride = transform.size_divisible
+        ph, pw = math.ceil(rh / stride) * stride, math.ceil(rw / stride) * stride
+        if (ph, pw) != (rh, rw):
+            x = F.pad(x, (0, pw - rw, 0, ph - rh))
+        return ImageList(x.contiguous(memory_format=self._memory_format), [(rh, rw)] * len(images)), (h, w)
+
+    def _infer(self, images: ImageList, original_size: tuple[int, int]) -> list[dict[str, torch.Tensor]]:
+        """GeneralizedRCNN.forward in eval mode, minus the transform done above."""
+        m = self.model
+        autocast = (torch.autocast("cuda", dtype=self._autocast_dtype) if self._autocast_dtype is not None
+                    else contextlib.nullcontext())
+        with autocast:
+            features = m.backbone(images.tensors)
+            if isinstance(features, torch.Tensor):
+                features = OrderedDict([("0", features)])
+            proposals, _ = m.rpn(images, features)
+            detections, _ = m.roi_heads(features, proposals, images.image_sizes)
+        return m.transform.postprocess(detections, images.image_sizes, [original_size] * len(images.image_sizes))
 
     def _to_detections(self, out: dict[str, torch.Tensor]) -> Detections:
         boxes, scores, labels = out["boxes"], out["scores"], out["labels"]

@@ -16,8 +16,8 @@ def frames_of(images, stream="s"):
 
 
 def parity_cfg(ckpt, **kw) -> ModelConfig:
-    return ModelConfig(name=PARITY_MODEL, weights=str(ckpt), device="cpu", score_threshold=0.5,
-                       min_size=PARITY_MIN_SIZE, max_size=PARITY_MAX_SIZE, **kw)
+    return ModelConfig(name=PARITY_MODEL, weights=str(ckpt), score_threshold=0.5,
+                       min_size=PARITY_MIN_SIZE, max_size=PARITY_MAX_SIZE, **{"device": "cpu", **kw})
 
 
 def test_detector_matches_torchvision_per_frame(firing_checkpoint):
@@ -149,3 +149,61 @@ def test_gpu_detector_matches_cpu_closely(small_checkpoint):
         "boxes": cpu.detections[0].boxes, "scores": cpu.detections[0].scores, "labels": cpu.detections[0].labels},
         box_tol=0.5, score_tol=1e-2)
     assert m >= 0.9 * len(cpu.detections[0])
+
+
+def test_batched_preprocessing_equals_torchvision_transform(small_checkpoint):
+    det = Detector.from_config(ModelConfig(name=SMALL_MODEL, weights=str(small_checkpoint), device="cpu"))
+    for w, h in ((160, 120), (161, 121)):  # 161x121 resizes to a size that needs padding
+        images = [synthetic_frame(i, w, h) for i in range(3)]
+        ours, original = det._preprocess(images)
+        theirs, _ = det.model.transform([torch.from_numpy(i).permute(2, 0, 1).float().div_(255.0) for i in images])
+        assert original == (h, w)
+        assert ours.image_sizes == theirs.image_sizes
+        assert ours.tensors.shape == theirs.tensors.shape and torch.equal(ours.tensors, theirs.tensors)
+
+
+def test_mixed_sizes_in_one_batch_equal_frames_alone(firing_checkpoint):
+    det = Detector.from_config(parity_cfg(firing_checkpoint))
+    a, b, c = synthetic_frame(1, 160, 120, seed=5), synthetic_frame(2, 200, 150, seed=5), synthetic_frame(3, 160, 120, seed=5)
+    frames = [Frame(a, "x", 0, 0.0, 0.0), Frame(b, "y", 0, 0.0, 0.0), Frame(c, "z", 0, 0.0, 0.0)]
+    batch = det.detect(frames)
+    assert [m.stream_id for m in batch.metas] == ["x", "y", "z"]
+    # b is alone in its size group: exactly what it gives on its own
+    (alone,) = det.detect([frames[1]]).detections
+    assert np.array_equal(batch.detections[1].labels, alone.labels) and len(alone) > 0
+    np.testing.assert_allclose(batch.detections[1].boxes, alone.boxes, atol=0.01)
+    assert batch.metas[1].width == 200
+
+
+def test_match_rate_counts_label_and_iou():
+    from fpnstream.accuracy import match_rate
+    from fpnstream.frames import Detections
+
+    ref = Detections(np.array([[0, 0, 100, 100], [200, 200, 300, 300], [0, 0, 10, 10]], np.float32),
+                     np.array([0.9, 0.8, 0.3], np.float32), np.array([1, 2, 3]), ("a", "b", "c"))
+    same = match_rate([ref], [ref], min_score=0.5)
+    assert (same.matched, same.total, same.passed) == (2, 2, True)
+    nudged = Detections(ref.boxes + np.array([2, 0, 2, 0], np.float32), ref.scores, ref.labels, ref.names)
+    assert match_rate([ref], [nudged], min_score=0.5).rate == 1.0  # IoU 0.96
+    moved = Detections(ref.boxes + np.array([15, 0, 15, 0], np.float32), ref.scores, ref.labels, ref.names)
+    assert match_rate([ref], [moved], min_score=0.5).matched == 0  # IoU 0.74
+    relabelled = Detections(ref.boxes, ref.scores, np.array([1, 5, 3]), ref.names)
+    r = match_rate([ref], [relabelled], min_score=0.5)
+    assert (r.matched, r.passed) == (1, False)
+    one_box = Detections(ref.boxes[:1], ref.scores[:1], ref.labels[:1], ref.names[:1])
+    dup = Detections(np.repeat(ref.boxes[:1], 2, axis=0), np.array([0.9, 0.9], np.float32), np.array([1, 1]), ("a", "a"))
+    assert match_rate([dup], [one_box]).matched == 1  # one-to-one
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_gpu_autocast_channels_last_keeps_95_percent_of_fp32(firing_checkpoint, precision):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from fpnstream.accuracy import match_rate
+
+    images = [synthetic_frame(i, 160, 120, seed=5) for i in range(0, 40, 5)]
+    fp32 = Detector.from_config(parity_cfg(firing_checkpoint, device="cuda")).detect(frames_of(images))
+    fast = Detector.from_config(parity_cfg(firing_checkpoint, device="cuda", precision=precision, channels_last=True))
+    report = match_rate(fp32.detections, fast.detect(frames_of(images)).detections, min_score=0.5)
+    assert report.total >= 100 and report.passed, report
