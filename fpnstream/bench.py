@@ -150,8 +150,31 @@ def gflops_per_frame(model_name: str) -> tuple[float, str]:
     return float(w.meta["_ops"]), f"torchvision's `{w}` metadata (`_ops`, GFLOPs per image at its reference size)"
 
 
+def accuracy_check(paths: list[Path], model_cfg: ModelConfig, frames: int = 16) -> dict:
+    """fp32 against the configured precision/layout, same frames, same weights."""
+    from fpnstream.accuracy import REQUIRED_MATCH_RATE, match_rate
+    from fpnstream.config import DecodeConfig
+    from fpnstream.model import Detector
+    from fpnstream.sources.decoder import VideoDecoder
+    from fpnstream.sources.spec import SourceSpec
+
+    decoder = VideoDecoder(SourceSpec("check", str(paths[0]), live=False), DecodeConfig())
+    decoder.open()
+    try:
+        sample = [f for _, f in zip(range(frames), decoder.frames())]
+    finally:
+        decoder.close()
+    fp32 = Detector.from_config(model_cfg.model_copy(update={"precision": "fp32", "channels_last": False}))
+    fast = Detector.from_config(model_cfg)
+    report = match_rate(fp32.detect(sample).detections, fast.detect(sample).detections, min_score=model_cfg.score_threshold)
+    return {"precision": fast.precision, "channels_last": model_cfg.channels_last, "frames": len(sample),
+            "fp32_detections": report.total, "matched_iou_0.9_same_label": report.matched,
+            "rate": round(report.rate, 4), "required": REQUIRED_MATCH_RATE, "passed": report.passed}
+
+
 def bench(clips: int, frames: int, width: int, height: int, model: str, batch: int, redis_url: str | None,
-          with_ray: bool, out_dir: Path, device: str = "auto") -> dict:
+          with_ray: bool, out_dir: Path, device: str = "auto", precision: str = "fp32",
+          channels_last: bool = False) -> dict:
     import torch
 
     from fpnstream.redis_server import EmbeddedRedis
@@ -171,6 +194,9 @@ def bench(clips: int, frames: int, width: int, height: int, model: str, batch: i
         model_cfg = ModelConfig(name=model, weights=str(ckpt), device=device, score_threshold=0.5,
                                 torch_threads=torch.get_num_threads())
         base = run_baseline(paths, model_cfg)
+        # The pipeline runs with the fast settings; the naive loop stays fp32, as a user writes it.
+        model_cfg = model_cfg.model_copy(update={"precision": precision, "channels_last": channels_last})
+        accuracy = accuracy_check(paths, model_cfg) if (precision != "fp32" or channels_last) else None
         embedded = None
         if redis_url is None:
             embedded = EmbeddedRedis(tmp / "redis").start()
@@ -192,6 +218,7 @@ def bench(clips: int, frames: int, width: int, height: int, model: str, batch: i
                     "batch": {"max_size": batch, "max_wait_ms": 20},
                     "ray": {"in_process": in_process, "num_actors": 1},
                     "redis": {"prefix": prefix, "spool_dir": None},
+                    "preview": {"fps": 0},  # not part of the compared path
                     "metrics": {"port": 0},
                     "log_level": "WARNING",
                 })
@@ -213,6 +240,7 @@ def bench(clips: int, frames: int, width: int, height: int, model: str, batch: i
         "host": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
         "versions": {"torch": torch.__version__, "torchvision": __import__("torchvision").__version__,
                      "python": platform.python_version()},
+        "precision": precision, "channels_last": channels_last, "accuracy": accuracy,
         "gflops_per_frame": gflops, "gflops_source": source,
         "peak_flops_measured": peak,
         "results": [asdict(r) | {"achieved_gflops_s": round(r.fps * gflops, 2),
@@ -228,6 +256,7 @@ def markdown(doc: dict) -> str:
     i = doc["input"]
     lines = [
         f"{i['clips']} clips x {i['frames_per_clip']} frames, {i['size']}, `{i['model']}`, batch {i['batch']}, "
+        f"pipeline precision {doc.get('precision', 'fp32')}{' + channels_last' if doc.get('channels_last') else ''}, "
         f"device {doc['device']}, torch {doc['versions']['torch']}, torchvision {doc['versions']['torchvision']}",
         "",
         "| run | frames | frames/s | x baseline | latency p50 / p95 / p99 ms | stage ms per frame | GFLOP/s (share of peak) |",
@@ -238,6 +267,12 @@ def markdown(doc: dict) -> str:
         stages = ", ".join(f"{k} {v}" for k, v in r["stage_ms"].items()) or "-"
         lines.append(f"| {r['name']} | {r['frames']} | {r['fps']:.2f} | {r['ratio']:.2f} | {lat} | {stages} | "
                      f"{r['achieved_gflops_s']} ({r['fraction_of_peak'] * 100:.1f} %) |")
+    acc = doc.get("accuracy")
+    if acc:
+        lines += ["", f"Accuracy of {acc['precision']}{' + channels_last' if acc['channels_last'] else ''} against fp32 "
+                  f"on {acc['frames']} frames: {acc['matched_iou_0.9_same_label']} of {acc['fp32_detections']} fp32 "
+                  f"detections matched (IoU >= 0.9, same label) = {acc['rate'] * 100:.1f} % "
+                  f"({'passes' if acc['passed'] else 'FAILS'} the {acc['required'] * 100:.0f} % bar)"]
     lines += ["", f"GFLOPs per frame: {doc['gflops_per_frame']} from {doc['gflops_source']}; peak: "
               f"{doc['peak_flops_measured'] / 1e9:.1f} GFLOP/s measured with a 2048x2048 fp32 matmul on the same device.",
               "Timing: the baseline from its first decode to its last result; the pipelines from the first "

@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     bench.add_argument("--redis-url", help="default: an embedded Redis")
     bench.add_argument("--no-ray", action="store_true", help="skip the Ray run")
+    bench.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                       help="pipeline precision on CUDA (checked against fp32: >= 95 %% of boxes kept)")
+    bench.add_argument("--channels-last", action="store_true", help="pipeline backbone in NHWC on CUDA")
     bench.add_argument("--out", default="benchmarks/out", help="folder for bench.json, bench.md, bench.png")
 
     ann = sub.add_parser("annotate", help="draw a stream's published detections onto its source video")
@@ -349,7 +352,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if min(a.clips, a.frames, a.batch_size, w, h) < 1:
         raise ConfigError("bench: clips, frames, batch size and size must be positive")
     setup_logging("WARNING")
-    doc = bench(a.clips, a.frames, w, h, a.model, a.batch_size, a.redis_url, not a.no_ray, Path(a.out), a.device)
+    doc = bench(a.clips, a.frames, w, h, a.model, a.batch_size, a.redis_url, not a.no_ray, Path(a.out), a.device,
+                a.precision, a.channels_last)
     from fpnstream.bench import markdown
 
     print(markdown(doc))
