@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A held frame not published within this long was lost on the way: stop waiting for it.
+_HOLD_LIMIT_S = 10.0
+
 
 class NoSnapshots:
     """Preview off: the pipeline calls the same two methods, which do nothing."""
@@ -52,6 +55,7 @@ class PreviewSnapshots(NoSnapshots):
         self._quality = quality
         self._ttl_ms = int(ttl_s * 1000)
         self._held: dict[str, Frame] = {}
+        self._held_at: dict[str, float] = {}
         self._next_due: dict[str, float] = {}
         self._lock = threading.Lock()
         self._warned = False
@@ -68,8 +72,15 @@ class PreviewSnapshots(NoSnapshots):
         now = time.monotonic()
         with self._lock:
             for f in frames:
+                held = self._held.get(f.stream_id)
+                # Keep the held frame until it is published: replacing it every period would
+                # starve the preview whenever publishing lags by more than a period. A frame
+                # held too long was dropped before detection (or the stream restarted).
+                if held is not None and now - self._held_at[f.stream_id] < _HOLD_LIMIT_S:
+                    continue
                 if now >= self._next_due.get(f.stream_id, 0.0):
                     self._held[f.stream_id] = f
+                    self._held_at[f.stream_id] = now
                     self._next_due[f.stream_id] = now + self._period
 
     def published(self, result: BatchResult, reports: Mapping[str, StreamReport]) -> None:
@@ -78,8 +89,12 @@ class PreviewSnapshots(NoSnapshots):
         with self._lock:
             for meta, dets in zip(result.metas, result.detections):
                 held = self._held.get(meta.stream_id)
-                if held is not None and held.index == meta.index:
+                if held is None:
+                    continue
+                if held.index == meta.index:
                     due.append((self._held.pop(meta.stream_id), dets))
+                elif meta.index > held.index:  # the held frame was dropped (stale): hold a newer one
+                    del self._held[meta.stream_id]
         if not due:
             return
         try:

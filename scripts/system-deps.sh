@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs: redis-server (tests start their own servers),
 # GStreamer's RTSP server with PyGObject (a real RTSP server we did not write) and
-# prometheus (a real Prometheus scrapes a run; promtool checks deploy/prometheus).
+# prometheus (a real Prometheus scrapes a run; promtool checks deploy/prometheus) and
+# chromium with a font (a real headless browser shows the `fpnstream preview` page).
 # Installs only what is missing; needs root (or sudo) and apt-get.
 set -euo pipefail
 
@@ -11,7 +12,12 @@ have_rtsp() {
     && gst-inspect-1.0 rtph264pay >/dev/null 2>&1 && gst-inspect-1.0 videotestsrc >/dev/null 2>&1
 }
 
-if command -v redis-server >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null && have_rtsp; then
+have_chromium() {
+  { command -v chromium >/dev/null || command -v chromium-browser >/dev/null; } && [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]
+}
+
+if command -v redis-server >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null && have_rtsp \
+    && have_chromium; then
   exit 0
 fi
 SUDO=""
@@ -20,7 +26,9 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
   redis-server prometheus python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools \
-  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly >/dev/null
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
+  chromium fonts-dejavu-core >/dev/null
 # The package may start a Prometheus service on :9090; tests run their own on free ports.
 (command -v systemctl >/dev/null && $SUDO systemctl disable --now prometheus >/dev/null 2>&1) || true
 have_rtsp || { echo "system-deps: GStreamer RTSP server still unusable after install" >&2; exit 1; }
+have_chromium || { echo "system-deps: chromium (or its font) still missing after install" >&2; exit 1; }
