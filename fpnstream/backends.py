@@ -27,16 +27,19 @@ class DetectorBackend(Protocol):
 
 
 class InProcessBackend:
-    """Runs the detector on one worker thread, so decode and publish overlap with inference."""
+    """Runs the detector on worker threads (one per lane), so decode and publish overlap with
+    inference and, on a CPU, several forward passes run at once."""
 
     def __init__(self, detector: Detector, max_inflight: int = 2, gpu_memory=None) -> None:
         """`gpu_memory`: a labelled Prometheus gauge, set after each batch when on CUDA."""
         self._detector = detector
         self._gpu_memory = gpu_memory.labels(str(detector.device)) if gpu_memory is not None and detector.device.type == "cuda" else None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector")
+        # One thread per lane; results are still published in submission order (the pipeline
+        # keeps the futures in a FIFO).
+        self._pool = ThreadPoolExecutor(max_workers=detector.lanes, thread_name_prefix="detector")
         self.model_name = detector.model_name
         self.device = str(detector.device)
-        self.max_inflight = max_inflight
+        self.max_inflight = max(max_inflight, detector.lanes + 1)  # every lane busy, one batch ready
 
     @classmethod
     def from_config(cls, model_cfg: ModelConfig, ray_cfg: RayConfig, gpu_memory=None) -> InProcessBackend:

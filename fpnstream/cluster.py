@@ -133,7 +133,12 @@ class Coordinator:
             max_concurrency=4,  # status polls must get through while a drain is running
             scheduling_strategy="SPREAD",
         )
-        self._workers = [_Worker(i, actor_cls.remote(self._cfg, self._redis_url)) for i in range(n)]
+        cfg = self._cfg
+        if not use_gpu and cfg.model.torch_threads is None:
+            # Ray starts a CPU actor with OMP_NUM_THREADS=1 whatever it reserved; use what it reserved.
+            threads = max(1, int(rc.num_cpus_per_actor))
+            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"torch_threads": threads})})
+        self._workers = [_Worker(i, actor_cls.remote(cfg, self._redis_url)) for i in range(n)]
         try:
             infos = ray.get([w.actor.load.remote() for w in self._workers])
         except RayTaskError as e:

@@ -64,7 +64,10 @@ class ModelConfig(_Strict):
     classes: tuple[str, ...] | None = Field(default=None, description="allow-list of class names")
     min_size: int | None = Field(default=None, ge=32, le=4096)
     max_size: int | None = Field(default=None, ge=32, le=8192)
-    torch_threads: int | None = Field(default=None, ge=1, le=1024)
+    torch_threads: int | None = Field(default=None, ge=1, le=1024, description="CPU threads for the detector (default: torch's)")
+    lanes: int | None = Field(
+        default=None, ge=1, le=64,
+        description="forward passes run at once; default: on a CPU one per thread (each single-threaded), on CUDA 1")
     precision: Literal["fp32", "fp16", "bf16"] = Field(
         default="fp32", description="CUDA only: autocast to fp16/bf16 (check accuracy with `fpnstream bench`)")
     channels_last: bool = Field(default=False, description="CUDA only: NHWC memory layout for the backbone")
