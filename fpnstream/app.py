@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import threading
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import CollectorRegistry
@@ -62,7 +63,7 @@ def _redis(cfg: AppConfig, stack: contextlib.ExitStack) -> str:
 
 def run_job(cfg: AppConfig, stop: threading.Event, environ=os.environ, metrics: Metrics | None = None) -> RunReport:
     """`metrics`: record the in-process run here (benchmarks read the stage times back)."""
-    specs = [SourceSpec(s.stream_id, expand_env(s.uri, environ), s.live, s.fps) for s in resolve_sources(cfg.sources)]
+    specs = [replace(s, uri=expand_env(s.uri, environ)) for s in resolve_sources(cfg.sources)]
     if not specs and not cfg.keep_alive:
         raise ConfigError("no sources: pass --source [ID=]URI, list sources: in the config, or use --keep-alive")
     with contextlib.ExitStack() as stack:

@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
                        help="pipeline precision on CUDA (checked against fp32: >= 95 %% of boxes kept)")
     bench.add_argument("--channels-last", action="store_true", help="pipeline backbone in NHWC on CUDA")
+    bench.add_argument("--load", type=float, default=0.5,
+                       help="also measure latency with the clips paced at this share of the in-process throughput (0: skip)")
+    bench.add_argument("--load-seconds", type=float, default=20.0, help="length of the paced run")
     bench.add_argument("--out", default="benchmarks/out", help="folder for bench.json, bench.md, bench.png")
 
     ann = sub.add_parser("annotate", help="draw a stream's published detections onto its source video")
@@ -351,9 +354,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
         raise ConfigError(f"--size must look like 640x360, not {a.size!r}") from None
     if min(a.clips, a.frames, a.batch_size, w, h) < 1:
         raise ConfigError("bench: clips, frames, batch size and size must be positive")
+    if not 0 <= a.load <= 1 or a.load_seconds <= 0:
+        raise ConfigError("bench: --load must be within 0..1 and --load-seconds > 0")
     setup_logging("WARNING")
     doc = bench(a.clips, a.frames, w, h, a.model, a.batch_size, a.redis_url, not a.no_ray, Path(a.out), a.device,
-                a.precision, a.channels_last)
+                a.precision, a.channels_last, a.load, a.load_seconds)
     from fpnstream.bench import markdown
 
     print(markdown(doc))

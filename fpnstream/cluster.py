@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
 import ray
@@ -191,7 +191,7 @@ class Coordinator:
         specs = resolve_sources([*existing, *new])[len(existing):]
         added = []
         for spec in specs:
-            spec = SourceSpec(spec.stream_id, expand_env(spec.uri, self._environ), spec.live, spec.fps)
+            spec = replace(spec, uri=expand_env(spec.uri, self._environ))
             s = self._streams[spec.stream_id] = _Stream(spec)
             write_status(self._redis, self._prefix, spec.stream_id,
                          {"state": "starting", "uri": spec.display, "live": int(spec.live), "error": ""})

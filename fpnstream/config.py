@@ -21,6 +21,7 @@ class SourceConfig(_Strict):
     uri: str = Field(min_length=1)
     id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
     fps: float | None = Field(default=None, gt=0, le=1000, description="sample down to this rate")
+    realtime: bool = Field(default=False, description="files: emit frames at their recorded rate, like a camera")
 
 
 class DecodeConfig(_Strict):

@@ -267,9 +267,11 @@ class Pipeline:
             seen_decoded, seen_sampled = decoder.frames_decoded, decoder.frames_sampled_out
 
         try:
-            t = time.perf_counter()
+            t, paced = time.perf_counter(), 0.0
             for frame in decoder.frames():
-                decode_hist.observe(time.perf_counter() - t)
+                slept = decoder.pacer.slept_s  # a realtime file's wait is not decoding
+                decode_hist.observe(time.perf_counter() - t - (slept - paced))
+                paced = slept
                 if report.state in (STARTING, CONNECTING):
                     report.state = STREAMING
                     self._metrics.source_up.labels(sid).set(1)

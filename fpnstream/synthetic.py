@@ -35,7 +35,7 @@ def write_clip(
     frames: int = 60,
     width: int = 320,
     height: int = 240,
-    fps: int = 30,
+    fps: int | Fraction = 30,
     codec: str = "libx264",
     pix_fmt: str = "yuv420p",
     seed: int = 0,
@@ -49,7 +49,7 @@ def write_clip(
     with av.open(str(path), mode="w", format=container_format, options=container_options or {}) as out:
         stream = out.add_stream(codec, rate=fps, options=options or {})
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        frame_time_base = Fraction(1, fps)
+        frame_time_base = 1 / Fraction(fps)
         for i in range(frames):
             frame = av.VideoFrame.from_ndarray(synthetic_frame(i, width, height, seed), format="rgb24")
             frame = frame.reformat(format=pix_fmt)

@@ -8,12 +8,16 @@ from tests.conftest import run_cli
 def test_bench_writes_json_markdown_and_plot(tmp_path):
     out = tmp_path / "bench"
     proc = run_cli("bench", "--clips", "2", "--frames", "4", "--size", "160x120", "--batch-size", "2", "--no-ray",
-                   "--device", "cpu", "--precision", "fp16", "--out", str(out), timeout=400)
+                   "--device", "cpu", "--precision", "fp16", "--load", "0.5", "--load-seconds", "3", "--out", str(out),
+                   timeout=400)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((out / "bench.json").read_text())
     names = [r["name"] for r in doc["results"]]
-    assert names == ["baseline (naive loop)", "pipeline, in-process"]
-    base, pipe = doc["results"]
+    assert names[:2] == ["baseline (naive loop)", "pipeline, in-process"] and len(names) == 3
+    base, pipe, paced = doc["results"]
+    # paced at half the measured throughput: it keeps up, so it runs at about the set rate
+    assert names[2].startswith("pipeline, in-process, 50% load (2 x ") and paced["frames"] >= 4
+    assert paced["fps"] < pipe["fps"] and paced["latency_ms"]["p99"] < pipe["latency_ms"]["p99"]
     assert base["frames"] == pipe["frames"] == 8
     assert base["fps"] > 0 and pipe["fps"] > 0 and base["ratio"] == 1.0
     assert abs(pipe["ratio"] - pipe["fps"] / base["fps"]) < 0.01

@@ -41,6 +41,34 @@ class FrameSampler:
         return False
 
 
+class NoPacer:
+    """Frames as fast as they decode (files) or arrive (live sources)."""
+
+    slept_s = 0.0
+
+    def wait_until(self, t: float) -> None:
+        pass
+
+
+class Pacer(NoPacer):
+    """Plays a file at its recorded rate: frame time t is released t - t0 after the first."""
+
+    def __init__(self, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._origin: tuple[float, float] | None = None
+        self._sleep = sleep
+        self.slept_s = 0.0  # so timing of the decode stage can leave the pacing out
+
+    def wait_until(self, t: float) -> None:
+        now = time.monotonic()
+        if self._origin is None or t < self._origin[1]:  # first frame, or timestamps went back
+            self._origin = (now, t)
+            return
+        delay = self._origin[0] + (t - self._origin[1]) - now
+        if delay > 0:
+            self._sleep(delay)
+            self.slept_s += delay
+
+
 class VideoDecoder:
     """Opens one source with PyAV and yields RGB frames.
 
@@ -62,6 +90,7 @@ class VideoDecoder:
         self.frames_decoded = 0  # decoded at or after start_index
         self._gap = gap
         self.frames_sampled_out = 0
+        self.pacer: NoPacer = NoPacer()
         self.warning: str | None = None
 
     def reopened(self) -> VideoDecoder:
@@ -141,6 +170,7 @@ class VideoDecoder:
         last_pts: float | None = None
         corrupt = 0
         last_frame_at = time.monotonic()
+        pace = self.pacer = Pacer() if self.spec.realtime and not self.spec.live else NoPacer()
         try:
             for packet in container.demux(stream):
                 if self.spec.live and time.monotonic() - last_frame_at > self._cfg.stall_timeout_s:
@@ -167,6 +197,7 @@ class VideoDecoder:
                     if not sampler.keep(t):
                         self.frames_sampled_out += 1
                         continue
+                    pace.wait_until(t)
                     image = av_frame.to_ndarray(format="rgb24")
                     gap, self._gap = self._gap, False
                     yield Frame(image=image, stream_id=self.spec.stream_id, index=index, pts=pts,

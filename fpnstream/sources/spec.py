@@ -23,6 +23,7 @@ class SourceSpec:
     uri: str  # may carry credentials: log `display`, never this
     live: bool
     fps: float | None = None
+    realtime: bool = False  # a file played at its recorded rate, like a camera
 
     @property
     def display(self) -> str:
@@ -88,5 +89,5 @@ def resolve_sources(configs: Iterable[SourceConfig]) -> list[SourceSpec]:
             while sid in taken:
                 sid, n = f"{base}-{n}", n + 1
         taken.add(sid)
-        specs.append(SourceSpec(sid, cfg.uri, live=scheme in LIVE_SCHEMES, fps=cfg.fps))
+        specs.append(SourceSpec(sid, cfg.uri, live=scheme in LIVE_SCHEMES, fps=cfg.fps, realtime=cfg.realtime))
     return specs

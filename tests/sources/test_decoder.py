@@ -12,8 +12,8 @@ from fpnstream.sources.decoder import FrameSampler
 from tests.conftest import free_port, reference_frames
 
 
-def decoder(uri: str, fps: float | None = None, **decode) -> VideoDecoder:
-    (spec,) = resolve_sources([SourceConfig(uri=str(uri), fps=fps)])
+def decoder(uri: str, fps: float | None = None, realtime: bool = False, **decode) -> VideoDecoder:
+    (spec,) = resolve_sources([SourceConfig(uri=str(uri), fps=fps, realtime=realtime)])
     return VideoDecoder(spec, DecodeConfig(**decode))
 
 
@@ -48,6 +48,25 @@ def test_fps_sampling_keeps_original_indices(clips):
     frames = list(d.frames())
     assert [f.index for f in frames] == list(range(0, 24, 3))
     assert d.frames_decoded == 24 and d.frames_sampled_out == 16
+
+
+def test_realtime_file_plays_at_its_recorded_rate(tmp_path):
+    from fractions import Fraction
+
+    from fpnstream.synthetic import write_clip
+
+    clip = write_clip(tmp_path / "slow.mp4", frames=8, width=64, height=48, fps=Fraction(25, 2))  # 12.5 fps
+    t0 = time.monotonic()
+    fast = list(decoder(clip).frames())
+    unpaced = time.monotonic() - t0
+    frames = list(decoder(clip, realtime=True).frames())
+    assert [f.index for f in frames] == [f.index for f in fast] == list(range(8))
+    gaps = np.diff([f.capture_ts for f in frames])
+    # 7 gaps of 80 ms: released on schedule, never early (sleep only overshoots)
+    assert frames[-1].capture_ts - frames[0].capture_ts >= 7 * 0.08 - 0.01
+    assert gaps.min() >= 0.08 - 0.01 and unpaced < 0.5
+    sampled = list(decoder(clip, fps=5, realtime=True).frames())  # sampling and pacing compose
+    assert len(sampled) < 8 and sampled[-1].capture_ts - sampled[0].capture_ts >= (sampled[-1].pts - sampled[0].pts) - 0.01
 
 
 def test_sampler_reanchors_after_jump():
