@@ -126,9 +126,13 @@ class Coordinator:
             raise ModelError("device 'cuda' requested but the Ray cluster has no GPUs")
         rc = self._cfg.ray
         n = rc.num_actors or (max(1, int(gpus // rc.num_gpus_per_actor)) if use_gpu else 1)
+        num_cpus = rc.num_cpus_per_actor
+        if not use_gpu and n == 1 and rc.address is None and "num_cpus_per_actor" not in rc.model_fields_set:
+            # The private local Ray of a laptop run: its one CPU worker may use every core.
+            num_cpus = max(1.0, float(int(ray.cluster_resources().get("CPU", 1.0))))
         actor_cls = ray.remote(StreamWorker).options(
             num_gpus=rc.num_gpus_per_actor if use_gpu else 0,
-            num_cpus=rc.num_cpus_per_actor,
+            num_cpus=num_cpus,
             max_restarts=-1,  # Ray brings a dead worker back; we re-load and re-assign it
             max_concurrency=4,  # status polls must get through while a drain is running
             scheduling_strategy="SPREAD",
@@ -136,7 +140,7 @@ class Coordinator:
         cfg = self._cfg
         if not use_gpu and cfg.model.torch_threads is None:
             # Ray starts a CPU actor with OMP_NUM_THREADS=1 whatever it reserved; use what it reserved.
-            threads = max(1, int(rc.num_cpus_per_actor))
+            threads = max(1, int(num_cpus))
             cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"torch_threads": threads})})
         self._workers = [_Worker(i, actor_cls.remote(cfg, self._redis_url)) for i in range(n)]
         try:
