@@ -380,7 +380,7 @@ def cmd_annotate(a: argparse.Namespace) -> int:
         client.close()
         if embedded:
             embedded.stop()
-    print(f"wrote {report.out} ({report.frames} frames, {report.annotated} with detections drawn"
+    print(f"wrote {report.out} ({report.frames} frames, {report.annotated} matched to published entries"
           f"{f', sheet {report.sheet}' if report.sheet else ''})", file=sys.stderr)
     return 0
 
