@@ -319,7 +319,10 @@ def _tail_group(a: argparse.Namespace, client, prefix: str) -> int:
     ones a crashed member left unacked are taken over after 30 s. Without --follow, stop
     after --count entries or when none arrive for a second."""
     from fpnstream.consumer import DetectionConsumer
+    from fpnstream.schema import stream_key
 
+    if a.stream and not a.follow and not client.exists(stream_key(prefix, a.stream)):
+        raise SinkError(f"no stream {a.stream!r} under prefix {prefix!r}")
     consumer = DetectionConsumer(client, prefix, [a.stream] if a.stream else None, group=a.group,
                                  consumer=a.consumer, start=a.start or "latest", count=min(a.count or 100, 100))
     printed = 0
@@ -340,6 +343,8 @@ def _tail_group(a: argparse.Namespace, client, prefix: str) -> int:
                 printed += 1
     except KeyboardInterrupt:
         pass
+    finally:
+        consumer.close()  # entries fetched past --count go back to the group at once
     return 0
 
 

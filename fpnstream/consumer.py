@@ -35,6 +35,7 @@ from fpnstream.schema import SchemaError, decode_entry, stream_key
 log = logging.getLogger(__name__)
 
 _MAX_SEQ = 2**64 - 1
+_RELEASED_IDLE_MS = 10 * 24 * 3600 * 1000  # idle "for ten days": past any reclaim threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,18 +78,22 @@ def parse_start(start: str | float | datetime | None) -> str | float:
         return "latest"
     if start == "beginning":
         return "beginning"
+    bad = ConfigError(f"start must be latest, beginning, Unix seconds or an ISO 8601 time, not {start!r}")
     if isinstance(start, datetime):
-        return start.timestamp()
-    if isinstance(start, (int, float)):
-        return float(start)
-    try:
-        return float(start)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(start).timestamp()
-    except ValueError:
-        raise ConfigError(f"start must be latest, beginning, Unix seconds or an ISO 8601 time, not {start!r}") from None
+        ts = start.timestamp()
+    elif isinstance(start, (int, float)):
+        ts = float(start)
+    else:
+        try:
+            ts = float(start)
+        except ValueError:
+            try:
+                ts = datetime.fromisoformat(start).timestamp()
+            except ValueError:
+                raise bad from None
+    if not 0 <= ts < 1e11:  # also rejects nan and inf
+        raise bad
+    return ts
 
 
 def _id_before(ts: float) -> str:
@@ -134,7 +139,7 @@ class DetectionConsumer:
         self._discover_every_s = discover_every_s
         self._next_discovery = 0.0
         self._last_claim = 0.0
-        self._rotation = -1
+        self._buffer: list[FrameResult] = []
         self.skipped = 0  # entries that could not be decoded (acked in a group, so they do not come back)
         start = parse_start(start)
         self._latest = start == "latest"
@@ -158,52 +163,45 @@ class DetectionConsumer:
         self._discover()
         count = count or self._count
         block = self._block_ms if block_ms is None else block_ms
+        if len(self._buffer) < count:
+            # Never block while results are already at hand.
+            self._buffer += self._fetch(count - len(self._buffer), None if self._buffer else block)
+        out, self._buffer = self._buffer[:count], self._buffer[count:]
+        return out
+
+    def _fetch(self, want: int, block: int | None) -> list[FrameResult]:
+        """One round of reads over every stream. Redis applies COUNT per stream, so a round can
+        bring more than `want`; `read` keeps the rest (in a group they are delivered to this
+        consumer already) for the next call."""
         out: list[FrameResult] = []
         if self.group and self._claim_idle_ms is not None and time.monotonic() - self._last_claim > self._claim_idle_ms / 2000:
-            out += self.reclaim(self._claim_idle_ms, count)
+            out += self.reclaim(self._claim_idle_ms, want)
             if out:
                 return out
         if not self._cursor:
-            time.sleep(block / 1000)
+            time.sleep((block or 0) / 1000)
             return out
+        per_key = max(1, -(-want // len(self._cursor)))
         if self.group:
             own = {k: c for k, c in self._cursor.items() if c != ">"}
             if own:  # own pending entries: returned at once, no blocking
-                keys, per_key = self._plan(list(own), count)
-                replies = self._call(self._client.xreadgroup, self.group, self.consumer,
-                                     {k: own[k] for k in keys}, count=per_key)
+                replies = self._call(self._client.xreadgroup, self.group, self.consumer, own, count=per_key)
                 for key, entries in replies or []:
                     key = _text(key)
-                    if not entries:
-                        self._cursor[key] = ">"
-                    else:
-                        self._cursor[key] = _text(entries[-1][0])
+                    self._cursor[key] = _text(entries[-1][0]) if entries else ">"
                     out += self._decode(key, entries)
                 if out:
                     return out
-            keys, per_key = self._plan(list(self._cursor), count)
             replies = self._call(self._client.xreadgroup, self.group, self.consumer,
-                                 {k: ">" for k in keys}, count=per_key, block=block or None)
+                                 {k: ">" for k in self._cursor}, count=per_key, block=block or None)
         else:
-            keys, per_key = self._plan(list(self._cursor), count)
-            replies = self._call(self._client.xread, {k: self._cursor[k] for k in keys}, count=per_key,
-                                 block=block or None)
+            replies = self._call(self._client.xread, dict(self._cursor), count=per_key, block=block or None)
         for key, entries in replies or []:
             key = _text(key)
             if entries and not self.group:
                 self._cursor[key] = _text(entries[-1][0])
             out += self._decode(key, entries)
         return out
-
-    def _plan(self, keys: list[str], count: int) -> tuple[list[str], int]:
-        """Redis applies COUNT per stream; split `count` so a read never returns more than it
-        (in a group, every entry returned is delivered and must be processed), rotating the
-        streams served first so none starves."""
-        self._rotation = (self._rotation + 1) % len(keys)
-        keys = keys[self._rotation:] + keys[: self._rotation]
-        if count < len(keys):
-            return keys[:count], 1
-        return keys, count // len(keys)
 
     def ack(self, *results: FrameResult) -> int:
         """Acknowledge results in the group; returns how many were still pending."""
@@ -222,22 +220,37 @@ class DetectionConsumer:
         (a consumer crashed or hangs); they are now this consumer's to process and ack."""
         if not self.group:
             raise ConfigError("reclaim needs a consumer group")
-        self._last_claim = time.monotonic()
         min_idle = self._claim_idle_ms if min_idle_ms is None else min_idle_ms
+        if min_idle is None:
+            raise ConfigError("reclaim needs min_idle_ms when the consumer has no claim_idle_ms")
+        self._last_claim = time.monotonic()
         budget = count or self._count
         out: list[FrameResult] = []
         for key in list(self._cursor):
             cursor = "0-0"
-            while budget > 0:
-                reply = self._call(self._client.xautoclaim, key, self.group, self.consumer, min_idle or 0,
+            for _ in range(1000):  # XAUTOCLAIM pages through the pending list; bound the walk
+                if budget <= 0:
+                    break
+                reply = self._call(self._client.xautoclaim, key, self.group, self.consumer, min_idle,
                                    start_id=cursor, count=budget)
-                cursor, entries = _text(reply[0]), reply[1]
-                got = self._decode(key, [e for e in entries if e and e[1] is not None], reclaimed=True)
-                out += got
+                cursor, entries = _text(reply[0]), [e for e in reply[1] if e]
+                out += self._decode(key, entries, reclaimed=True)
                 budget -= len(entries)
-                if cursor == "0-0" or not entries:
+                if cursor == "0-0":
                     break
         return out
+
+    def close(self) -> None:
+        """Hand back results fetched but not yet returned by `read`: in a group they are
+        delivered to this consumer, so mark them long idle for any member to take over at once."""
+        buffered, self._buffer = self._buffer, []
+        if not self.group or not buffered:
+            return
+        by_key: dict[str, list[str]] = {}
+        for r in buffered:
+            by_key.setdefault(r.key, []).append(r.entry_id)
+        for key, ids in by_key.items():
+            self._call(self._client.xclaim, key, self.group, self.consumer, 0, ids, idle=_RELEASED_IDLE_MS, justid=True)
 
     def pending(self) -> int:
         """Entries delivered to this group and not yet acked, over all its streams."""
@@ -288,16 +301,20 @@ class DetectionConsumer:
     def _decode(self, key: str, entries, reclaimed: bool = False) -> list[FrameResult]:
         out = []
         bad = []
+        gone = []
         for entry_id, fields in entries:
             entry_id = _text(entry_id)
+            if not fields:  # pending, but trimmed (MAXLEN) or deleted since: nothing to process
+                gone.append(entry_id)
+                continue
             try:
                 out.append(result_from_entry(key, entry_id, fields, reclaimed))
             except (SchemaError, ValueError, KeyError, TypeError) as e:
                 self.skipped += 1
                 bad.append(entry_id)
                 log.warning("skipping undecodable entry %s in %s: %s", entry_id, key, e)
-        if bad and self.group:
-            self._call(self._client.xack, key, self.group, *bad)
+        if (bad or gone) and self.group:
+            self._call(self._client.xack, key, self.group, *bad, *gone)
         return out
 
     @staticmethod

@@ -6,7 +6,6 @@ the in-process pipeline calls it directly.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import threading
@@ -173,6 +172,38 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: st
         )
 
 
+def _to_fp32(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.float()
+    if isinstance(out, dict):
+        return type(out)((k, _to_fp32(v)) for k, v in out.items())
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_fp32(v) for v in out)
+    return out
+
+
+class _LowPrecision(torch.nn.Module):
+    """Runs a dense sub-network under autocast and hands fp32 back to the rest."""
+
+    def __init__(self, inner: torch.nn.Module, dtype: torch.dtype, device_type: str = "cuda") -> None:
+        super().__init__()
+        self.inner = inner
+        self.dtype = dtype
+        self.device_type = device_type
+        self.out_channels = getattr(inner, "out_channels", None)
+
+    def forward(self, *args: Any) -> Any:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return _to_fp32(self.inner(*args))
+
+
+def use_low_precision(model: torch.nn.Module, dtype: torch.dtype, device_type: str) -> None:
+    model.backbone = _LowPrecision(model.backbone, dtype, device_type)
+    model.rpn.head = _LowPrecision(model.rpn.head, dtype, device_type)
+    model.roi_heads.box_head = _LowPrecision(model.roi_heads.box_head, dtype, device_type)
+    model.roi_heads.box_predictor = _LowPrecision(model.roi_heads.box_predictor, dtype, device_type)
+
+
 class Detector:
     """Runs one batch of frames through the model and returns aligned detections per frame.
 
@@ -206,7 +237,12 @@ class Detector:
         if (precision != "fp32" or channels_last) and not cuda:
             log.warning("precision %s / channels_last apply on CUDA only; running fp32 on %s", precision, device)
         self.precision = precision if cuda else "fp32"
-        self._autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        if dtype is not None:
+            # Only the dense layers run in low precision. Anchors, box decoding, NMS and the
+            # final boxes stay fp32: in fp16, NMS's per-class coordinate offsets overflow for
+            # high class ids on large frames, and bf16 boxes would be rounded to 8-16 px.
+            use_low_precision(self.model, dtype, device.type)
         self._memory_format = torch.channels_last if cuda and channels_last else torch.contiguous_format
         if self._memory_format is torch.channels_last:
             self.model.backbone.to(memory_format=torch.channels_last)
@@ -262,16 +298,16 @@ class Detector:
         """uint8 N x H x W x 3 on the device, in one copy."""
         if self.device.type != "cuda":
             return torch.from_numpy(np.stack(images)) if len(images) > 1 else torch.from_numpy(images[0])[None]
-        pinned: OrderedDict[tuple[int, ...], torch.Tensor] = self._local.__dict__.setdefault("pinned", OrderedDict())
-        key = (len(images),) + images[0].shape[:2]
+        pinned: OrderedDict[tuple[int, int], torch.Tensor] = self._local.__dict__.setdefault("pinned", OrderedDict())
+        key, n = images[0].shape[:2], len(images)
         buf = pinned.pop(key, None)
-        if buf is None:
-            buf = torch.empty(key + (3,), dtype=torch.uint8, pin_memory=True)
+        if buf is None or buf.shape[0] < n:  # one buffer per frame size, as large as the largest batch
+            buf = torch.empty((n,) + key + (3,), dtype=torch.uint8, pin_memory=True)
         pinned[key] = buf  # most recent last; this lane's batch before was synchronised, so reuse is safe
-        while len(pinned) > 8:
+        while len(pinned) > 4:
             pinned.popitem(last=False)
-        np.stack(images, out=buf.numpy())
-        return buf.to(self.device, non_blocking=True)
+        np.stack(images, out=buf[:n].numpy())
+        return buf[:n].to(self.device, non_blocking=True)
 
     def _preprocess(self, images: list[np.ndarray]) -> tuple[ImageList, tuple[int, int]]:
         """torchvision's transform (normalise, resize, pad to the size divisor) on a batch of
@@ -296,14 +332,11 @@ class Detector:
     def _infer(self, images: ImageList, original_size: tuple[int, int]) -> list[dict[str, torch.Tensor]]:
         """GeneralizedRCNN.forward in eval mode, minus the transform done above."""
         m = self.model
-        autocast = (torch.autocast("cuda", dtype=self._autocast_dtype) if self._autocast_dtype is not None
-                    else contextlib.nullcontext())
-        with autocast:
-            features = m.backbone(images.tensors)
-            if isinstance(features, torch.Tensor):
-                features = OrderedDict([("0", features)])
-            proposals, _ = m.rpn(images, features)
-            detections, _ = m.roi_heads(features, proposals, images.image_sizes)
+        features = m.backbone(images.tensors)
+        if isinstance(features, torch.Tensor):
+            features = OrderedDict([("0", features)])
+        proposals, _ = m.rpn(images, features)
+        detections, _ = m.roi_heads(features, proposals, images.image_sizes)
         return m.transform.postprocess(detections, images.image_sizes, [original_size] * len(images.image_sizes))
 
     def _to_detections(self, out: dict[str, torch.Tensor]) -> Detections:

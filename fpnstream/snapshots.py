@@ -91,9 +91,9 @@ class PreviewSnapshots(NoSnapshots):
                 held = self._held.get(meta.stream_id)
                 if held is None:
                     continue
-                if held.index == meta.index:
+                if held.index == meta.index and held.capture_ts == meta.capture_ts:
                     due.append((self._held.pop(meta.stream_id), dets))
-                elif meta.index > held.index:  # the held frame was dropped (stale): hold a newer one
+                elif meta.index >= held.index:  # the held frame was dropped (stale): hold a newer one
                     del self._held[meta.stream_id]
         if not due:
             return

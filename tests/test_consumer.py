@@ -190,3 +190,56 @@ def test_tail_group_bad_options_one_line(redis_proc, extra, message):
     proc = run_cli("tail", "--redis-url", redis_proc.url, "--redis-prefix", "t", *extra, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_small_count_over_many_streams_neither_stalls_nor_loses(redis_proc):
+    client = redis_proc.client()
+    sink = make_sink(client)
+    sink.claim("c", restart=True)
+    for s in ("a", "b", "c"):
+        publish(sink, s, 0, 1)
+    c = DetectionConsumer(client, "t", group="g", start="beginning", count=1, block_ms=2000, claim_idle_ms=None)
+    assert len(c.keys) == 3
+    first = [c.read(count=1) for _ in range(3)]
+    assert sorted(r.stream_id for rs in first for r in rs) == ["a", "b", "c"]  # one at a time, none lost
+    publish(sink, "c", 1, 3)  # now only the third stream has new entries
+    t0 = time.monotonic()
+    got = [r.meta.index for _ in range(3) for r in c.read(count=1)]
+    assert got == [1, 2, 3] and time.monotonic() - t0 < 1.5  # no blocking on the idle streams
+    assert c.read(count=1, block_ms=50) == []
+
+
+def test_close_hands_fetched_but_unread_entries_to_the_group(redis_proc):
+    client = redis_proc.client()
+    sink = make_sink(client)
+    publish(sink, "a", 0, 2)
+    publish(sink, "b", 0, 2)
+    first = DetectionConsumer(client, "t", group="g", consumer="one", start="beginning", count=3, claim_idle_ms=None)
+    taken = first.read(count=3)  # one round brings 2 + 2: one is kept back
+    assert len(taken) == 3
+    first.ack(*taken)
+    first.close()
+    other = DetectionConsumer(client, "t", group="g", consumer="two", claim_idle_ms=None)
+    back = other.reclaim(min_idle_ms=60_000)  # released entries count as long idle
+    assert len(back) == 1 and back[0].reclaimed and other.ack(*back) == 1
+    assert other.pending() == 0
+
+
+def test_reclaim_without_an_idle_time_is_refused_and_trimmed_entries_are_dropped(redis_proc):
+    client = redis_proc.client()
+    sink = make_sink(client)
+    publish(sink, "a", 0, 3)
+    c = DetectionConsumer(client, "t", group="g", consumer="x", start="beginning", claim_idle_ms=None)
+    with pytest.raises(ConfigError, match="min_idle_ms"):
+        c.reclaim()
+    assert len(c.read(count=3)) == 3  # delivered, never acked
+    client.xtrim("t:detections:a", maxlen=0)  # the entries are trimmed away while pending
+    again = DetectionConsumer(client, "t", group="g", consumer="x", claim_idle_ms=None)
+    assert again.read(count=10, block_ms=50) == [] and again.skipped == 0
+    assert again.pending() == 0  # acked as gone, not left pending forever
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e300", "-5"])
+def test_start_rejects_impossible_times(value):
+    with pytest.raises(ConfigError, match="start must be"):
+        parse_start(value)

@@ -11,12 +11,16 @@ from fpnstream.snapshots import NoSnapshots, PreviewSnapshots
 from fpnstream.config import PreviewConfig
 
 
-def frame(i: int) -> Frame:
-    return Frame(np.full((48, 64, 3), i, np.uint8), "cam", i, i / 25, time.time())
+START = time.time()
 
 
-def published(snaps, *indices) -> None:
-    frames = [frame(i) for i in indices]
+def frame(i: int, run: int = 0) -> Frame:
+    """Frame i of a stream; `run` > 0: the same index in a later run of the stream."""
+    return Frame(np.full((48, 64, 3), i, np.uint8), "cam", i, i / 25, START + i / 25 + run * 1000)
+
+
+def published(snaps, *indices, run: int = 0) -> None:
+    frames = [frame(i, run) for i in indices]
     dets = tuple(Detections.empty() for _ in frames)
     snaps.published(BatchResult(tuple(f.meta() for f in frames), dets, StageTimes(0, 0, 0)),
                     {"cam": StreamReport("cam", state="streaming")})
@@ -62,3 +66,15 @@ def test_preview_off_writes_nothing(redis_proc):
     snaps.offer([frame(0)])
     published(snaps, 0)
     assert shown(client) is None
+
+
+def test_a_restarted_stream_never_pairs_an_old_image_with_new_detections(redis_proc):
+    client = redis_proc.client()
+    snaps = PreviewSnapshots(client, "p", "m", fps=20)
+    snaps.offer([frame(2)])
+    published(snaps, 2, run=1)  # same index, another run: not the held image
+    assert shown(client) is None
+    time.sleep(0.06)
+    snaps.offer([frame(3, run=1)])
+    published(snaps, 3, run=1)
+    assert shown(client) == 3

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 # Above this a frame is almost certainly a corrupt header, and one RGB copy would be > 1 GiB.
 MAX_PIXELS = 16384 * 16384 // 2
+# A realtime file waits at most this long for its next frame; longer is a timestamp jump.
+MAX_PACING_GAP_S = 2.0
 # Past this many undecodable packets the input is garbage, not a damaged video.
 MAX_CORRUPT_PACKETS = 100
 
@@ -64,6 +66,9 @@ class Pacer(NoPacer):
             self._origin = (now, t)
             return
         delay = self._origin[0] + (t - self._origin[1]) - now
+        if delay > MAX_PACING_GAP_S:  # a jump in the timestamps, not a frame interval: go on from here
+            self._origin = (now, t)
+            return
         if delay > 0:
             self._sleep(delay)
             self.slept_s += delay
