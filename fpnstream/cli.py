@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -206,6 +207,19 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+@contextlib.contextmanager
+def _redis_session(a: argparse.Namespace):
+    """(client, cfg) for the commands that read a job's Redis; an embedded server started
+    for them is stopped again."""
+    client, cfg, embedded = _tail_client(a)
+    try:
+        yield client, cfg
+    finally:
+        client.close()
+        if embedded:
+            embedded.stop()
+
+
 def _tail_client(a: argparse.Namespace):
     from fpnstream.config import load_config
     from fpnstream.redis_server import EmbeddedRedis, connect
@@ -224,8 +238,7 @@ def cmd_streams(a: argparse.Namespace) -> int:
     from fpnstream.control import read_status, send_add, send_remove
     from fpnstream.sources.spec import parse_source_arg
 
-    client, cfg, embedded = _tail_client(a)
-    try:
+    with _redis_session(a) as (client, cfg):
         prefix = cfg.redis.prefix
         if a.streams_command == "add":
             src = parse_source_arg(a.source)
@@ -247,10 +260,6 @@ def cmd_streams(a: argparse.Namespace) -> int:
                 for row in rows:
                     print("\t".join(str(row.get(c, "")) for c in cols))
         return 0
-    finally:
-        client.close()
-        if embedded:
-            embedded.stop()
 
 
 def cmd_tail(a: argparse.Namespace) -> int:
@@ -260,8 +269,7 @@ def cmd_tail(a: argparse.Namespace) -> int:
         raise ConfigError("--count must be >= 0")
     if (a.consumer or a.start) and not a.group:
         raise ConfigError("--consumer and --start need --group")
-    client, cfg, embedded = _tail_client(a)
-    try:
+    with _redis_session(a) as (client, cfg):
         prefix = cfg.redis.prefix
         if a.group:
             return _tail_group(a, client, prefix)
@@ -308,10 +316,6 @@ def cmd_tail(a: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 return 0
         return 0
-    finally:
-        client.close()
-        if embedded:
-            embedded.stop()
 
 
 def _tail_group(a: argparse.Namespace, client, prefix: str) -> int:
@@ -377,14 +381,9 @@ def cmd_annotate(a: argparse.Namespace) -> int:
 
     if a.sheet_frames < 0:
         raise ConfigError("--sheet-frames must be >= 0")
-    client, cfg, embedded = _tail_client(a)
-    try:
+    with _redis_session(a) as (client, cfg):
         report = annotate(client, cfg.redis.prefix, a.stream, Path(a.source), Path(a.out),
                           Path(a.sheet) if a.sheet else None, a.sheet_frames)
-    finally:
-        client.close()
-        if embedded:
-            embedded.stop()
     print(f"wrote {report.out} ({report.frames} frames, {report.annotated} matched to published entries"
           f"{f', sheet {report.sheet}' if report.sheet else ''})", file=sys.stderr)
     return 0
@@ -396,15 +395,10 @@ def cmd_preview(a: argparse.Namespace) -> int:
     if not 0 <= a.port <= 65535:
         raise ConfigError("--port must be 0..65535")
     setup_logging("INFO")
-    client, cfg, embedded = _tail_client(a)
     stop = threading.Event()
     _install_stop_handlers(stop)
-    try:
+    with _redis_session(a) as (client, cfg):
         run_preview(client, cfg.redis.prefix, a.host, a.port, stop)
-    finally:
-        client.close()
-        if embedded:
-            embedded.stop()
     return 0
 
 

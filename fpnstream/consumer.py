@@ -30,7 +30,7 @@ import redis
 
 from fpnstream.errors import ConfigError, SinkError
 from fpnstream.frames import Detections, FrameMeta
-from fpnstream.schema import SchemaError, decode_entry, stream_key
+from fpnstream.schema import SchemaError, as_text, decode_entry, stream_key
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +187,8 @@ class DetectionConsumer:
             if own:  # own pending entries: returned at once, no blocking
                 replies = self._call(self._client.xreadgroup, self.group, self.consumer, own, count=per_key)
                 for key, entries in replies or []:
-                    key = _text(key)
-                    self._cursor[key] = _text(entries[-1][0]) if entries else ">"
+                    key = as_text(key)
+                    self._cursor[key] = as_text(entries[-1][0]) if entries else ">"
                     out += self._decode(key, entries)
                 if out:
                     return out
@@ -197,9 +197,9 @@ class DetectionConsumer:
         else:
             replies = self._call(self._client.xread, dict(self._cursor), count=per_key, block=block or None)
         for key, entries in replies or []:
-            key = _text(key)
+            key = as_text(key)
             if entries and not self.group:
-                self._cursor[key] = _text(entries[-1][0])
+                self._cursor[key] = as_text(entries[-1][0])
             out += self._decode(key, entries)
         return out
 
@@ -233,7 +233,7 @@ class DetectionConsumer:
                     break
                 reply = self._call(self._client.xautoclaim, key, self.group, self.consumer, min_idle,
                                    start_id=cursor, count=budget)
-                cursor, entries = _text(reply[0]), [e for e in reply[1] if e]
+                cursor, entries = as_text(reply[0]), [e for e in reply[1] if e]
                 out += self._decode(key, entries, reclaimed=True)
                 budget -= len(entries)
                 if cursor == "0-0":
@@ -279,7 +279,7 @@ class DetectionConsumer:
             keys = [k for k in self._fixed if k not in self._cursor]
         else:
             found = self._call(lambda: list(self._client.scan_iter(match=stream_key(self._prefix, "*"), _type="stream")))
-            keys = [k for k in (_text(k) for k in found) if k not in self._cursor]
+            keys = [k for k in (as_text(k) for k in found) if k not in self._cursor]
         for key in keys:
             start_id = self._start_id
             if force and self._latest:
@@ -296,14 +296,14 @@ class DetectionConsumer:
 
     def _last_id(self, key: str) -> str:
         newest = self._call(self._client.xrevrange, key, count=1)
-        return max(self._start_id, _text(newest[0][0]), key=_id_tuple) if newest else self._start_id
+        return max(self._start_id, as_text(newest[0][0]), key=_id_tuple) if newest else self._start_id
 
     def _decode(self, key: str, entries, reclaimed: bool = False) -> list[FrameResult]:
         out = []
         bad = []
         gone = []
         for entry_id, fields in entries:
-            entry_id = _text(entry_id)
+            entry_id = as_text(entry_id)
             if not fields:  # pending, but trimmed (MAXLEN) or deleted since: nothing to process
                 gone.append(entry_id)
                 continue
@@ -332,5 +332,3 @@ def _id_tuple(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def _text(v) -> str:
-    return v.decode() if isinstance(v, (bytes, bytearray)) else str(v)

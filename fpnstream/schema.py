@@ -46,7 +46,7 @@ def encode_entry(meta: FrameMeta, dets: Detections, model: str, published_ts: fl
     return fields
 
 
-def _text(v: Any) -> str:
+def as_text(v: Any) -> str:
     return v.decode("utf-8") if isinstance(v, (bytes, bytearray)) else str(v)
 
 
@@ -56,7 +56,7 @@ class SchemaError(ValueError):
 
 def decode_entry(fields: Mapping[Any, Any]) -> dict[str, Any]:
     """Typed dict from a raw entry (bytes or str keys). Raises SchemaError on unknown versions."""
-    f = {_text(k): _text(v) for k, v in fields.items()}
+    f = {as_text(k): as_text(v) for k, v in fields.items()}
     if f.get("v") != SCHEMA_VERSION:
         raise SchemaError(f"unsupported schema version {f.get('v')!r}")
     missing = [k for k in FIELDS if k not in f]
