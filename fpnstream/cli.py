@@ -352,15 +352,20 @@ def _tail_group(a: argparse.Namespace, client, prefix: str) -> int:
     return 0
 
 
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size must look like 640x360, not {text!r}") from None
+    return w, h
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fpnstream.bench import bench
 
-    try:
-        w, h = (int(v) for v in a.size.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"--size must look like 640x360, not {a.size!r}") from None
+    w, h = _parse_size(a.size)
     if min(a.clips, a.frames, a.batch_size, w, h) < 1:
         raise ConfigError("bench: clips, frames, batch size and size must be positive")
     if not 0 <= a.load <= 1 or a.load_seconds <= 0:
@@ -405,10 +410,7 @@ def cmd_preview(a: argparse.Namespace) -> int:
 def cmd_synth(a: argparse.Namespace) -> int:
     from fpnstream.synthetic import write_clip
 
-    try:
-        w, h = (int(v) for v in a.size.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"--size must look like 640x360, not {a.size!r}") from None
+    w, h = _parse_size(a.size)
     if not (16 <= w <= 8192 and 16 <= h <= 8192) or a.frames < 1 or a.fps < 1:
         raise ConfigError("synth: size must be 16..8192 per side, frames and fps >= 1")
     try:

@@ -127,6 +127,13 @@ def test_unknown_or_invalid_ids_are_404(redis_proc, server, path):
     assert get(server.url + path)[0] == 404
 
 
+def open_stream(server, path: str):
+    """A long-lived GET (SSE or MJPEG): the connection and its open response."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", path)
+    return conn, conn.getresponse()
+
+
 def read_event(resp) -> dict:
     while True:
         line = resp.fp.readline()
@@ -138,9 +145,7 @@ def read_event(resp) -> dict:
 def test_events_deliver_stats_and_new_frames(redis_proc, server):
     client = redis_proc.client()
     write_snapshot(client, "x", 7)
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    conn.request("GET", "/events")
-    resp = conn.getresponse()
+    conn, resp = open_stream(server, "/events")
     assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
     first = read_event(resp)
     assert [(s["id"], s["frame"]) for s in first["streams"]] == [("x", 7)]
@@ -158,9 +163,7 @@ def test_events_deliver_stats_and_new_frames(redis_proc, server):
 def test_mjpeg_sends_a_part_per_new_frame(redis_proc, server):
     client = redis_proc.client()
     write_snapshot(client, "x", 7)
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    conn.request("GET", "/mjpeg/x")
-    resp = conn.getresponse()
+    conn, resp = open_stream(server, "/mjpeg/x")
     assert resp.status == 200
     assert resp.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=fpnstream-frame"
 
