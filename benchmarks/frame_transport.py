@@ -19,7 +19,7 @@ import av
 import numpy as np
 import ray
 
-from fpnstream.synthetic import write_clip
+from fpnstream.devtools.synthetic import write_clip
 
 
 @ray.remote(num_cpus=0)

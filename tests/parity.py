@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fpnstream.model import ARCHS
+from fpnstream.detection.model import ARCHS
 
 
 def torchvision_reference(name: str, checkpoint, frames, **kwargs) -> list[dict[str, np.ndarray]]:

@@ -32,6 +32,12 @@ PANELS = [
      [("sum by (name) (rate(fpnstream_detections_total[1m]))", "{{name}}")]),
     ("Decoded frames / s per stream", "fps",
      [("sum by (stream) (rate(fpnstream_frames_decoded_total[1m]))", "{{stream}}")]),
+    ("Coordinator: Redis reachable, outages", "short",
+     [("min(fpnstream_redis_up)", "Redis up"),
+      ("sum(increase(fpnstream_redis_outages_total[15m]))", "outages / 15m")]),
+    ("Coordinator: stream moves and hung workers / 15m", "short",
+     [("sum by (reason) (increase(fpnstream_stream_moves_total[15m]))", "moves: {{reason}}"),
+      ("sum(increase(fpnstream_worker_hangs_total[15m]))", "hung workers")]),
 ]
 
 

@@ -8,10 +8,10 @@ from typing import Callable, Iterator
 
 import av
 
-from fpnstream.config import DecodeConfig
-from fpnstream.errors import SourceError
-from fpnstream.frames import Frame
-from fpnstream.redact import redact_text
+from fpnstream.config.settings import DecodeConfig
+from fpnstream.core.errors import SourceError
+from fpnstream.core.frames import Frame
+from fpnstream.core.redact import redact_text
 from fpnstream.sources.spec import SourceSpec
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class VideoDecoder:
         self.start_index = start_index
         self.next_index = start_index if spec.live else 0
         self.frames_decoded = 0  # decoded at or after start_index
+        self.expected_frames: int | None = None  # a file's length, once open (None: unknown)
         self._gap = gap
         self.frames_sampled_out = 0
         self.pacer: NoPacer = NoPacer()
@@ -163,6 +164,10 @@ class VideoDecoder:
         # Slice threads, not frame threads: frame threading delays output by one frame per
         # thread (latency on live streams) and swallows frames around a corrupt packet.
         stream.thread_type = "SLICE"
+        if not spec.live:  # for progress and ETA: the header's frame count, else duration x rate
+            rate = float(stream.average_rate) if stream.average_rate else 0.0
+            seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
+            self.expected_frames = stream.frames or (round(seconds * rate) if seconds and rate else None)
 
     def frames(self) -> Iterator[Frame]:
         if self._container is None:

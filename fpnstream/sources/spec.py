@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Iterable
 from urllib.parse import unquote, urlsplit
 
-from fpnstream.config import SourceConfig
-from fpnstream.errors import SourceError
-from fpnstream.redact import redact_url
+from fpnstream.config.settings import SourceConfig
+from fpnstream.core.errors import SourceError
+from fpnstream.core.ids import STREAM_ID
+from fpnstream.core.redact import redact_url
 
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "tcp", "http", "https"})
-_ID_PREFIX = re.compile(r"^(?P<id>[A-Za-z0-9][A-Za-z0-9_.\-]{0,127})=(?P<uri>.+)$")
+_ID_PREFIX = re.compile(rf"^(?P<id>{STREAM_ID})=(?P<uri>.+)$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 

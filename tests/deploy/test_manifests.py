@@ -12,7 +12,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fpnstream.metrics import Metrics
+from fpnstream.observe.metrics import DriverMetrics, Metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMQL_NAME = re.compile(r"\b(fpnstream_[a-z0-9_]+)\b")
@@ -21,7 +21,9 @@ SUFFIXES = ("_bucket", "_sum", "_count", "_total", "_info")
 
 def exported_series_names() -> set[str]:
     """Every series name the exporter can produce (histogram parts, counters' _total, info)."""
-    text = generate_latest(Metrics().registry).decode()
+    registry = Metrics().registry
+    DriverMetrics(registry)  # the coordinator's series, served beside the workers' on Ray
+    text = generate_latest(registry).decode()
     names = set()
     for fam in text_string_to_metric_families(text):
         names.add(fam.name)

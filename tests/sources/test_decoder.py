@@ -5,8 +5,8 @@ import av
 import numpy as np
 import pytest
 
-from fpnstream.config import DecodeConfig, SourceConfig
-from fpnstream.errors import SourceError
+from fpnstream.config.settings import DecodeConfig, SourceConfig
+from fpnstream.core.errors import SourceError
 from fpnstream.sources import VideoDecoder, resolve_sources
 from fpnstream.sources.decoder import FrameSampler
 from tests.conftest import free_port, reference_frames
@@ -53,7 +53,7 @@ def test_fps_sampling_keeps_original_indices(clips):
 def test_realtime_file_plays_at_its_recorded_rate(tmp_path):
     from fractions import Fraction
 
-    from fpnstream.synthetic import write_clip
+    from fpnstream.devtools.synthetic import write_clip
 
     clip = write_clip(tmp_path / "slow.mp4", frames=8, width=64, height=48, fps=Fraction(25, 2))  # 12.5 fps
     t0 = time.monotonic()

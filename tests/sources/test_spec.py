@@ -1,7 +1,7 @@
 import pytest
 
-from fpnstream.config import SourceConfig
-from fpnstream.errors import SourceError
+from fpnstream.config.settings import SourceConfig
+from fpnstream.core.errors import SourceError
 from fpnstream.sources.spec import default_stream_id, parse_source_arg, resolve_sources
 
 

@@ -1,0 +1,178 @@
+"""Per-stream bounded queues with a named drop policy, and size-or-deadline batching across them."""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from fpnstream.core.frames import Frame
+
+
+class DropPolicy(enum.Enum):
+    BLOCK = "block"  # files: never lose a frame, slow the decoder down instead
+    DROP_OLDEST = "drop_oldest"  # live: stay fresh, count what was thrown away
+
+
+@dataclass
+class _StreamQueue:
+    capacity: int
+    policy: DropPolicy
+    items: deque[tuple[Frame, float]] = field(default_factory=deque)
+    closed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    frames: list[Frame]
+    waits: list[float]  # seconds each frame spent queued before its batch closed
+
+
+DropHook = Callable[[str, str], None]  # (stream_id, reason)
+
+
+class FrameMux:
+    """Holds one bounded queue per stream; `take_batch` drains them round-robin.
+
+    Round-robin keeps a busy stream from filling every batch, and the deadline starts at the
+    batch's first frame, so a silent stream never holds a batch back.
+    """
+
+    def __init__(
+        self,
+        on_drop: DropHook | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        keep_open: bool = False,
+        stale_after_s: float | Callable[[], float] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        # keep_open: streams may be added later, so running out of streams is not the end.
+        self._keep_open = keep_open
+        # Live frames older than this (seconds, or a callable giving the current limit) are
+        # skipped when a batch is formed, so under overload batch slots go to fresh frames of
+        # every stream instead of to frames that would be thrown away at inference anyway.
+        self._stale_after_s = stale_after_s
+        self._wall_clock = wall_clock
+        self._queues: dict[str, _StreamQueue] = {}
+        self._cond = threading.Condition()
+        self._on_drop = on_drop or (lambda stream, reason: None)
+        self._clock = clock
+        self._rr = 0
+        self._shutdown = False
+
+    def add_stream(self, stream_id: str, capacity: int, policy: DropPolicy) -> None:
+        with self._cond:
+            if stream_id in self._queues and not self._queues[stream_id].closed:
+                raise ValueError(f"stream {stream_id!r} is already open")
+            self._queues[stream_id] = _StreamQueue(capacity, policy)
+
+    def put(self, frame: Frame) -> bool:
+        """Enqueue a frame; False if its stream was closed or the mux shut down (not accepted)."""
+        with self._cond:
+            q = self._queues.get(frame.stream_id)
+            if q is None or q.closed:
+                return False
+            if q.policy is DropPolicy.BLOCK:
+                while len(q.items) >= q.capacity and not q.closed:
+                    self._cond.wait()
+                if q.closed:
+                    return False
+            elif len(q.items) >= q.capacity:
+                q.items.popleft()
+                self._on_drop(frame.stream_id, "queue_full")
+            q.items.append((frame, self._clock()))
+            self._cond.notify_all()
+            return True
+
+    def close_stream(self, stream_id: str) -> None:
+        """No more frames will come; what is queued is still handed out."""
+        with self._cond:
+            if stream_id in self._queues:
+                self._queues[stream_id].closed = True
+            self._cond.notify_all()
+
+    def seal(self) -> None:
+        """No new streams will come: once every stream is closed and drained, batching ends."""
+        with self._cond:
+            self._keep_open = False
+            self._cond.notify_all()
+
+    def shutdown(self) -> None:
+        """Wake everyone; blocked producers give up. Queued frames can still be taken."""
+        with self._cond:
+            self._shutdown = True
+            for q in self._queues.values():
+                q.closed = True
+            self._cond.notify_all()
+
+    def depths(self) -> dict[str, int]:
+        with self._cond:
+            return {sid: len(q.items) for sid, q in self._queues.items()}
+
+    def _finished(self) -> bool:
+        if self._has_frames():
+            return False
+        if self._shutdown:
+            return True
+        return not self._keep_open and all(q.closed for q in self._queues.values())
+
+    def _has_frames(self) -> bool:
+        return any(q.items for q in self._queues.values())
+
+    def _skip_stale(self) -> None:
+        if self._stale_after_s is None:
+            return
+        limit = self._stale_after_s() if callable(self._stale_after_s) else self._stale_after_s
+        cutoff = self._wall_clock() - limit
+        for sid, q in self._queues.items():
+            if q.policy is DropPolicy.DROP_OLDEST:
+                while q.items and q.items[0][0].capture_ts < cutoff:
+                    q.items.popleft()
+                    self._on_drop(sid, "stale")
+
+    def _take_round_robin(self, out: list[tuple[Frame, float]], limit: int) -> None:
+        self._skip_stale()
+        ids = list(self._queues)
+        while len(out) < limit and self._has_frames():
+            for k in range(len(ids)):
+                q = self._queues[ids[(self._rr + k) % len(ids)]]
+                if q.items:
+                    out.append(q.items.popleft())
+                    if len(out) >= limit:
+                        break
+            self._rr = (self._rr + 1) % max(len(ids), 1)
+        # Drop fully drained closed queues so runtime-added streams don't accumulate.
+        for sid in [s for s, q in self._queues.items() if q.closed and not q.items]:
+            del self._queues[sid]
+
+    def take_batch(self, max_size: int, max_wait_s: float, idle_timeout_s: float | None = None) -> Batch | None:
+        """Block for up to `max_size` frames; close the batch `max_wait_s` after its first frame.
+
+        Returns None once every stream is closed and drained, or an empty batch if nothing
+        arrived within `idle_timeout_s` (lets the caller look at stop flags).
+        """
+        taken: list[tuple[Frame, float]] = []
+        with self._cond:
+            idle_deadline = None if idle_timeout_s is None else self._clock() + idle_timeout_s
+            while not self._has_frames():
+                if self._finished():
+                    return None
+                remaining = None if idle_deadline is None else idle_deadline - self._clock()
+                if remaining is not None and remaining <= 0:
+                    return Batch([], [])
+                self._cond.wait(remaining)
+            deadline = self._clock() + max_wait_s
+            while True:
+                self._take_round_robin(taken, max_size)
+                self._cond.notify_all()  # space freed for blocked producers
+                if len(taken) >= max_size or self._finished():
+                    break
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            now = self._clock()
+        return Batch([f for f, _ in taken], [now - t for _, t in taken])

@@ -1,0 +1,102 @@
+"""The other commands: `bench`, `annotate`, `preview`, `synth`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import threading
+
+from fpnstream.cli.logs import setup_logging
+from fpnstream.cli.redis_commands import _redis_session
+from fpnstream.cli.run import _install_stop_handlers
+from fpnstream.core.errors import ConfigError, FpnstreamError
+
+
+@contextlib.contextmanager
+def progress_bar(what: str):
+    """A transient rich progress bar on a terminal (nothing otherwise); yields
+    `update(done, total, step="")`."""
+    if not sys.stderr.isatty():
+        yield lambda done, total=None, step="": None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as bar:
+        task = bar.add_task(what, total=None)
+
+        def update(done: int, total: int | None = None, step: str = "") -> None:
+            bar.update(task, completed=done, total=total, description=f"{what} {step}".strip())
+
+        yield update
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size must look like 640x360, not {text!r}") from None
+    return w, h
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fpnstream.devtools.bench import bench
+
+    w, h = _parse_size(a.size)
+    if min(a.clips, a.frames, a.batch_size, w, h) < 1:
+        raise ConfigError("bench: clips, frames, batch size and size must be positive")
+    if not 0 <= a.load <= 1 or a.load_seconds <= 0:
+        raise ConfigError("bench: --load must be within 0..1 and --load-seconds > 0")
+    setup_logging("WARNING")
+    with progress_bar("bench") as on_step:
+        doc = bench(a.clips, a.frames, w, h, a.model, a.batch_size, a.redis_url, not a.no_ray, Path(a.out), a.device,
+                    a.precision, a.channels_last, a.load, a.load_seconds, on_step=on_step)
+    from fpnstream.devtools.bench import markdown
+
+    print(markdown(doc))
+    return 0
+
+
+def cmd_annotate(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fpnstream.clients.annotate import annotate
+
+    if a.sheet_frames < 0:
+        raise ConfigError("--sheet-frames must be >= 0")
+    with _redis_session(a) as (client, cfg), progress_bar("annotating") as on_frame:
+        report = annotate(client, cfg.redis.prefix, a.stream, Path(a.source), Path(a.out),
+                          Path(a.sheet) if a.sheet else None, a.sheet_frames, on_frame)
+    print(f"wrote {report.out} ({report.frames} frames, {report.annotated} matched to published entries"
+          f"{f', sheet {report.sheet}' if report.sheet else ''})", file=sys.stderr)
+    return 0
+
+
+def cmd_preview(a: argparse.Namespace) -> int:
+    from fpnstream.clients.preview import run_preview
+
+    if not 0 <= a.port <= 65535:
+        raise ConfigError("--port must be 0..65535")
+    setup_logging("INFO")
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    with _redis_session(a) as (client, cfg):
+        run_preview(client, cfg.redis.prefix, a.host, a.port, stop)
+    return 0
+
+
+def cmd_synth(a: argparse.Namespace) -> int:
+    from fpnstream.devtools.synthetic import write_clip
+
+    w, h = _parse_size(a.size)
+    if not (16 <= w <= 8192 and 16 <= h <= 8192) or a.frames < 1 or a.fps < 1:
+        raise ConfigError("synth: size must be 16..8192 per side, frames and fps >= 1")
+    try:
+        path = write_clip(a.out, frames=a.frames, width=w, height=h, fps=a.fps, codec=a.codec)
+    except Exception as e:  # PyAV: unknown codec, unwritable folder
+        raise FpnstreamError(f"cannot write {a.out}: {e}") from None
+    print(f"wrote {path} ({a.frames} frames, {w}x{h} @ {a.fps} fps, {a.codec})", file=sys.stderr)
+    return 0

@@ -1,0 +1,220 @@
+"""One typed configuration: YAML file -> explicit CLI override layer -> validated `AppConfig`."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fpnstream.core.errors import ConfigError
+from fpnstream.core.ids import STREAM_ID
+from fpnstream.core.redact import redact_url
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    uri: str = Field(min_length=1)
+    id: str | None = Field(default=None, pattern=f"^{STREAM_ID}$")
+    fps: float | None = Field(default=None, gt=0, le=1000, description="sample down to this rate")
+    realtime: bool = Field(default=False, description="files: emit frames at their recorded rate, like a camera")
+
+
+class DecodeConfig(_Strict):
+    queue_size: int = Field(default=16, ge=1, le=10_000)
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    open_timeout_s: float = Field(default=10.0, gt=0, le=600, description="live: connect + first keyframe")
+    read_timeout_s: float = Field(default=10.0, gt=0, le=600, description="live: no data for this long = dead")
+    stall_timeout_s: float = Field(default=10.0, gt=0, le=600, description="live: no frame for this long = reconnect")
+    reconnect_base_s: float = Field(default=0.5, gt=0, le=600)
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
+
+
+class BatchConfig(_Strict):
+    max_size: int = Field(default=4, ge=1, le=256)
+    max_wait_ms: float = Field(default=50.0, ge=0, le=60_000)
+    freshness_ms: float | None = Field(
+        default=2000.0, gt=0, le=3_600_000,
+        description="a live frame older than this at inference time is dropped as 'stale'; null: never",
+    )
+
+
+MODEL_NAMES = (
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+)
+
+
+class ModelConfig(_Strict):
+    name: str = "fasterrcnn_resnet50_fpn"
+    weights: str = Field(default="DEFAULT", description="DEFAULT | none | path to a .pth/.pt state_dict")
+    weights_fallback: Literal["error", "random"] = Field(
+        default="error", description="if DEFAULT weights cannot be fetched: fail, or warn and use random init"
+    )
+    labels: str | None = Field(default=None, description="class names file, one per line, line i = label i")
+    num_classes: int | None = Field(default=None, ge=2, le=100_000)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    score_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    max_detections: int = Field(default=100, ge=1, le=10_000)
+    classes: tuple[str, ...] | None = Field(default=None, description="allow-list of class names")
+    min_size: int | None = Field(default=None, ge=32, le=4096)
+    max_size: int | None = Field(default=None, ge=32, le=8192)
+    torch_threads: int | None = Field(default=None, ge=1, le=1024, description="CPU threads for the detector (default: torch's)")
+    lanes: int | None = Field(
+        default=None, ge=1, le=64,
+        description="forward passes run at once; default: on a CPU one per thread (each single-threaded), on CUDA 1")
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        default="fp32", description="CUDA only: autocast to fp16/bf16 (check accuracy with `fpnstream bench`)")
+    channels_last: bool = Field(default=False, description="CUDA only: NHWC memory layout for the backbone")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        if v not in MODEL_NAMES:
+            raise ValueError(f"unknown model {v!r}; choose one of {', '.join(MODEL_NAMES)}")
+        return v
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _split_classes(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return tuple(c.strip() for c in v.split(",") if c.strip())
+        return v
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(default=None, description="None: start a local Ray; 'auto' or host:port joins")
+    in_process: bool = Field(default=False, description="run the detector in the driver, without Ray")
+    num_actors: int | None = Field(default=None, ge=1, le=1024, description="default: one per GPU, else 1")
+    num_gpus_per_actor: float = Field(default=1.0, gt=0, le=8)
+    num_cpus_per_actor: float = Field(default=1.0, ge=0, le=256)
+    max_inflight_per_actor: int = Field(default=2, ge=1, le=64)
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs for a local Ray (default: all)")
+    poll_interval_s: float = Field(default=5.0, gt=0, le=300, description="status poll timeout per worker")
+    poll_misses: int = Field(default=3, ge=1, le=100, description="polls in a row without an answer = worker down")
+    hang_factor: float = Field(default=10.0, ge=1, le=1000,
+                               description="a batch running this many recent batch times means a hung worker...")
+    hang_floor_s: float = Field(default=60.0, gt=0, le=3600, description="...but never before this many seconds")
+
+
+class RedisConfig(_Strict):
+    url: str | None = Field(default=None, description="None: start an embedded redis-server")
+    prefix: str = Field(default="fpnstream", min_length=1, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    maxlen: int = Field(default=100_000, ge=0, description="approximate MAXLEN per stream; 0 = no trimming")
+    embedded_dir: str = ".fpnstream/redis"
+    socket_timeout_s: float = Field(default=10.0, gt=0)
+    buffer_frames: int = Field(default=10_000, ge=0, description="results kept in memory while Redis is down")
+    spool_dir: str | None = Field(default=".fpnstream/spool", description="beyond buffer_frames, results go here")
+    spool_max_mb: float = Field(default=1024.0, ge=0, description="disk spool cap; past it results are dropped (counted)")
+    outage_wait_s: float = Field(default=300.0, gt=0, description="at the end of a run, how long to wait for Redis")
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis url {redact_url(v)!r} must start with redis://, rediss:// or unix://")
+        return v
+
+
+class MetricsConfig(_Strict):
+    port: int = Field(default=9108, ge=0, le=65535, description="0 disables the endpoint")
+    host: str = Field(default="127.0.0.1", description="bind address; 0.0.0.0 to let Prometheus scrape remotely")
+
+
+class PreviewConfig(_Strict):
+    """Snapshots for `fpnstream preview`: the newest frame of each stream, as a small JPEG."""
+
+    fps: float = Field(default=1.0, ge=0, le=30, description="snapshots per stream per second; 0 = off")
+    max_width: int = Field(default=640, ge=32, le=8192, description="larger frames are scaled down")
+    quality: int = Field(default=75, ge=1, le=95, description="JPEG quality")
+    ttl_s: float = Field(default=60.0, gt=0, le=86_400, description="a stream's snapshot expires after this")
+
+
+class AppConfig(_Strict):
+    sources: tuple[SourceConfig, ...] = ()
+    decode: DecodeConfig = DecodeConfig()
+    batch: BatchConfig = BatchConfig()
+    model: ModelConfig = ModelConfig()
+    ray: RayConfig = RayConfig()
+    redis: RedisConfig = RedisConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    preview: PreviewConfig = PreviewConfig()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    stop_grace_s: float = Field(default=30.0, gt=0, le=3600, description="on SIGTERM: time to drain before exit")
+    keep_alive: bool = Field(default=False, description="keep running when every source has ended (streams added at runtime)")
+    status_interval_s: float = Field(default=30.0, ge=0, le=86_400,
+                                     description="progress: a live table on a terminal, else a log line per stream this often; 0 = off")
+    restart: bool = Field(default=False, description="start every stream over as a new run, even one whose last run was cut short")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {p}: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"malformed YAML in {p}{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at top level, not {type(data).__name__}")
+    return data
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The one override layer: dotted keys (``model.name``) replace values; None means 'not given'."""
+    merged = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = merged
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"config key {key!r} must be a mapping to set {dotted}")
+            node = child
+        node[leaf] = value
+    return merged
+
+
+def build_config(raw: dict[str, Any]) -> AppConfig:
+    try:
+        return AppConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError("invalid config: " + _one_line(e)) from None
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> AppConfig:
+    raw = load_yaml(path) if path else {}
+    return build_config(apply_overrides(raw, overrides or {}))
+
+
+def _one_line(err: ValidationError) -> str:
+    parts = []
+    for item in err.errors():
+        # Keys come from user YAML: escape control characters so the error stays one line.
+        loc = ".".join(str(x) for x in item["loc"]).encode("unicode_escape").decode("ascii") or "<root>"
+        msg = " ".join(item["msg"].removeprefix("Value error, ").split())
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{loc}: {msg}")
+    # Input values are left out on purpose: a URL value could carry a password.
+    return "; ".join(parts)

@@ -1,0 +1,62 @@
+"""Runtime control through Redis: a command stream the running job watches, and the
+per-stream status hashes it keeps. Works from any machine that reaches Redis."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Mapping
+
+import redis
+
+from fpnstream.core.errors import ConfigError
+from fpnstream.core.redact import redact_url
+from fpnstream.publish.keys import control_key, status_key, streams_key
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(uri: str, environ: Mapping[str, str]) -> str:
+    """Replace ${NAME} with the job's environment, so passwords never travel through Redis."""
+
+    def sub(m: re.Match) -> str:
+        if m.group(1) not in environ:
+            raise ConfigError(f"source {redact_url(uri)} refers to ${{{m.group(1)}}}, which is not set")
+        return environ[m.group(1)]
+
+    return _ENV_REF.sub(sub, uri)
+
+
+def send_add(client: redis.Redis, prefix: str, stream_id: str | None, uri: str, fps: float | None) -> str:
+    if redact_url(uri) != uri and not _ENV_REF.search(uri.split("@")[0]):
+        raise ConfigError(
+            "refusing to send a password through Redis: write it as ${VAR} in the URI "
+            "(e.g. rtsp://viewer:${CAM_PASS}@host/x) and set VAR in the job's environment"
+        )
+    cmd = {"op": "add", "uri": uri}
+    if stream_id:
+        cmd["id"] = stream_id
+    if fps:
+        cmd["fps"] = str(fps)
+    return client.xadd(control_key(prefix), cmd, maxlen=10_000, approximate=True).decode()
+
+
+def send_remove(client: redis.Redis, prefix: str, stream_id: str) -> str:
+    return client.xadd(control_key(prefix), {"op": "remove", "id": stream_id}, maxlen=10_000, approximate=True).decode()
+
+
+def read_status(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
+    rows = []
+    for sid in sorted(m.decode() for m in client.smembers(streams_key(prefix))):
+        h = {k.decode(): v.decode() for k, v in client.hgetall(status_key(prefix, sid)).items()}
+        h.pop("owner", None)
+        rows.append({"id": sid, **h})
+    return rows
+
+
+def write_status(client: redis.Redis, prefix: str, stream_id: str, fields: dict[str, Any]) -> None:
+    clean = {k: json.dumps(v) if isinstance(v, dict) else ("" if v is None else str(v)) for k, v in fields.items()}
+    pipe = client.pipeline(transaction=False)
+    pipe.sadd(streams_key(prefix), stream_id)
+    pipe.hset(status_key(prefix, stream_id), mapping=clean)
+    pipe.execute()

@@ -1,0 +1,148 @@
+"""The publish stage: one Redis Streams entry per frame, one round trip per batch.
+
+Writes go through a small Lua script so each stream's writes are idempotent and fenced:
+- a frame at or below the stream's recorded `last_frame` is skipped, so a retried batch or a
+  stream resumed on another worker never duplicates an entry;
+- a writer whose owner token is no longer the stream's owner (it was presumed dead and the
+  stream moved) is refused, so two workers never interleave one stream.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Callable
+
+import redis
+
+from fpnstream.core.errors import SinkError
+from fpnstream.core.frames import BatchResult
+from fpnstream.core.redact import redact_text
+from fpnstream.publish.schema import encode_entry
+from fpnstream.publish.keys import status_key, stream_key
+
+# KEYS: stream key, status hash. ARGV: owner token ("" = unfenced), maxlen (0 = none),
+# entry count, then per entry: frame index, field count, field, value, ...
+_PUBLISH = """
+local owner = redis.call('HGET', KEYS[2], 'owner')
+if ARGV[1] ~= '' and owner and owner ~= ARGV[1] then return -1 end
+local last = tonumber(redis.call('HGET', KEYS[2], 'last_frame') or '-1')
+local maxlen = tonumber(ARGV[2])
+local i, written = 4, 0
+for _ = 1, tonumber(ARGV[3]) do
+  local frame, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  i = i + 2
+  if frame > last then
+    local args = {KEYS[1]}
+    if maxlen > 0 then args[#args + 1] = 'MAXLEN'; args[#args + 1] = '~'; args[#args + 1] = ARGV[2] end
+    args[#args + 1] = '*'
+    for f = i, i + 2 * n - 1 do args[#args + 1] = ARGV[f] end
+    redis.call('XADD', unpack(args))
+    last, written = frame, written + 1
+  end
+  i = i + 2 * n
+end
+redis.call('HSET', KEYS[2], 'last_frame', last)
+redis.call('HINCRBY', KEYS[2], 'published', written)
+return written
+"""
+
+
+# KEYS: status hash. ARGV: owner token ("" = unfenced), "1" to start a new run.
+# One script, so the owner change and the resume point are read and written together.
+_CLAIM = """
+local run = tonumber(redis.call('HGET', KEYS[1], 'run') or '0')
+if ARGV[2] == '1' or run == 0 then
+  run = run + 1
+  redis.call('HSET', KEYS[1], 'run', run, 'last_frame', -1, 'published', 0)
+end
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'owner', ARGV[1]) end
+return {tonumber(redis.call('HGET', KEYS[1], 'last_frame') or '-1') + 1, run}
+"""
+
+# Ended states after which a stream's next start is a new run (see `starts_new_run`).
+_COMPLETED = ("finished",)
+
+
+def starts_new_run(client: redis.Redis, prefix: str, stream_id: str, restart: bool) -> bool:
+    """The one rule for a stream's first start in a job: a new run (frames from 0, run + 1)
+    when asked to (`--restart`), when the stream was never run, or when its last run
+    finished; otherwise the last run was cut short (a crash, a stop, a failure) and this
+    one resumes it after its last published frame."""
+    if restart:
+        return True
+    state = client.hget(status_key(prefix, stream_id), "state")
+    return state is None or state.decode() in _COMPLETED
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    latencies: list[float]  # capture -> acknowledged, seconds, per frame of the batch
+    written: dict[str, int]  # entries actually added per stream (duplicates are skipped)
+    fenced: frozenset[str]  # streams this writer no longer owns: stop feeding them
+
+
+class RedisStreamSink:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        maxlen: int,
+        model_name: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._maxlen = maxlen
+        self._model = model_name
+        self._clock = clock
+        self._script = client.register_script(_PUBLISH)
+        self._claim = client.register_script(_CLAIM)
+        self._owners: dict[str, str] = {}
+        self._runs: dict[str, int] = {}
+
+    def claim(self, stream_id: str, owner: str = "", restart: bool = False) -> int:
+        """Become the writer of `stream_id`; returns the next frame index to publish.
+
+        `restart` starts a new run (run number + 1, frames from 0); otherwise the current
+        run goes on after its last published frame. Entries carry their run number.
+        """
+        next_frame, run = self._claim(keys=[status_key(self._prefix, stream_id)], args=[owner, "1" if restart else "0"])
+        self._owners[stream_id] = owner
+        self._runs[stream_id] = int(run)
+        return int(next_frame)
+
+    def run_of(self, stream_id: str) -> int:
+        return self._runs.get(stream_id, 1)
+
+    def publish(self, result: BatchResult) -> PublishResult:
+        """Write the batch in one round trip.
+
+        The payload's latency_ms is taken just before the write (it has to be inside the
+        entry); the returned latencies, used for metrics, include the Redis round trip.
+        """
+        now = self._clock()
+        pipe = self._client.pipeline(transaction=False)
+        order: list[str] = []
+        pairs = sorted(zip(result.metas, result.detections), key=lambda p: p[0].stream_id)  # stable: keeps frame order
+        for sid, group in groupby(pairs, key=lambda p: p[0].stream_id):
+            args: list = [self._owners.get(sid, ""), self._maxlen, 0]
+            count = 0
+            for meta, dets in group:
+                fields = encode_entry(meta, dets, self._model, now, self._runs.get(sid, 1))
+                args += [meta.index, len(fields)]
+                for k, v in fields.items():
+                    args += [k, v]
+                count += 1
+            args[2] = count
+            self._script(keys=[stream_key(self._prefix, sid), status_key(self._prefix, sid)], args=args, client=pipe)
+            order.append(sid)
+        try:
+            replies = pipe.execute()
+        except redis.RedisError as e:
+            raise SinkError(f"publishing to Redis failed: {redact_text(str(e))}") from None
+        done = self._clock()
+        written = {sid: int(n) for sid, n in zip(order, replies) if n != -1}
+        fenced = frozenset(sid for sid, n in zip(order, replies) if n == -1)
+        return PublishResult([done - m.capture_ts for m in result.metas], written, fenced)

@@ -1,0 +1,233 @@
+"""The coordinator: which worker feeds which stream, and what to do when a worker fails.
+
+Plain policy over a `WorkerPool` (workers in this process, or Ray actors); it knows
+nothing of Ray, so `--in-process` and a cluster run follow the same rules:
+- a worker that dies, stops answering (`ray.poll_misses` polls in a row) or hangs (a batch
+  running far past its usual time, `HangPolicy`) loses its streams to healthy workers; the
+  new owner's claim fences the old one off, so no frame is written twice;
+- a hung worker is restarted; a restarted worker is loaded again and takes streams again;
+- a stream's first start in a job resumes its last run if that was cut short, else starts
+  a new run (`StatusBoard.starts_new_run`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable, Mapping
+
+from fpnstream.config.settings import AppConfig, SourceConfig
+from fpnstream.core.errors import FpnstreamError
+from fpnstream.core.redact import redact_text
+from fpnstream.core.reports import JobSnapshot, RunReport, StreamReport, StreamRow, StreamState, WorkerStatus
+from fpnstream.observe.metrics import DriverMetrics
+from fpnstream.publish.control import expand_env
+from fpnstream.runtime.pool import ClaimFailed, WorkerGone, WorkerPool
+from fpnstream.runtime.roster import WorkerRoster, WorkerState
+from fpnstream.runtime.status_board import StatusBoard
+from fpnstream.sources import SourceSpec, resolve_sources
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Stream:
+    spec: SourceSpec
+    worker: int | None = None
+    restart: bool | None = None  # next claim starts a new run; None: not decided yet (needs Redis)
+    ended: StreamState | None = None
+    report: StreamReport | None = None  # the owner's latest
+    moves: int = 0
+    start: int = 0  # the first frame its current owner publishes (a file's resume point)
+    last_move: str = ""
+    displaced: str = ""  # why it lost its worker, until another one has claimed it
+
+
+class Coordinator:
+    def __init__(self, cfg: AppConfig, pool: WorkerPool, board: StatusBoard, driver_metrics: DriverMetrics,
+                 on_worker_metrics: Callable[[int, str], None] = lambda i, text: None,
+                 environ: Mapping[str, str] = os.environ) -> None:
+        """`on_worker_metrics`: each worker's exposition text, after every poll (a cluster
+        merges them into one scrape endpoint; in-process the worker's registry is served)."""
+        self._cfg = cfg
+        self._pool = pool
+        self._board = board
+        self._driver_metrics = driver_metrics
+        self._environ = environ
+        self._roster = WorkerRoster(pool, cfg.ray, board, driver_metrics, on_worker_metrics)
+        self._streams: dict[str, _Stream] = {}
+
+    # -- workers -----------------------------------------------------------------------------
+    def start_workers(self) -> None:
+        self._roster.start()
+
+    def _pick_worker(self) -> WorkerState | None:
+        healthy = self._roster.healthy()
+        if not healthy:
+            return None
+        load = {w.index: 0 for w in healthy}
+        for s in self._streams.values():
+            if s.ended is None and s.worker in load:
+                load[s.worker] += 1
+        return min(healthy, key=lambda w: (load[w.index], w.index))
+
+    def _assign(self, s: _Stream) -> None:
+        s.worker = None  # until a worker has claimed it; waits for Redis or a worker otherwise
+        if s.restart is None:  # first start in this job: resume a cut-short run, or a new run
+            s.restart = self._board.starts_new_run(s.spec.stream_id, self._cfg.restart)
+        w = self._pick_worker()
+        if w is None or s.restart is None or not self._board.up:
+            return
+        owner = uuid.uuid4().hex
+        try:
+            start = self._pool.assign(w.index, s.spec, owner, s.restart)
+        except WorkerGone as e:
+            log.warning("worker %d unavailable (%s); retrying stream %s elsewhere", w.index, e, s.spec.stream_id)
+            self._roster.mark_down(w, "unavailable")
+            return
+        except ClaimFailed as e:  # the worker is fine; Redis was not: try again on a later tick
+            log.warning("stream %s not assigned yet: %s", s.spec.stream_id, str(e).splitlines()[0] if str(e) else "")
+            return
+        s.worker, s.start = w.index, start
+        if not s.restart:
+            log.info("stream %s on worker %d resumes its run at frame %d", s.spec.stream_id, w.index, start)
+        s.restart = False
+
+    # -- streams -----------------------------------------------------------------------------
+    def add_streams(self, configs: Iterable[SourceConfig]) -> list[str]:
+        existing = [SourceConfig(uri=s.spec.uri, id=sid) for sid, s in self._streams.items() if s.ended is None]
+        specs = resolve_sources([*existing, *configs])[len(existing):]
+        added = []
+        for spec in specs:
+            spec = replace(spec, uri=expand_env(spec.uri, self._environ))
+            s = self._streams[spec.stream_id] = _Stream(spec, restart=True if self._cfg.restart else None)
+            self._assign(s)  # before the status write below: the run decision reads the last state
+            self._board.write(spec.stream_id, {"state": StreamState.STARTING, "uri": spec.display,
+                                               "live": int(spec.live), "error": ""})
+            added.append(spec.stream_id)
+        return added
+
+    def remove_stream(self, stream_id: str) -> bool:
+        s = self._streams.get(stream_id)
+        if s is None or s.ended is not None:
+            return False
+        if s.worker is not None:
+            try:
+                self._pool.unassign(s.worker, stream_id)
+            except WorkerGone:
+                pass
+        s.ended = StreamState.STOPPED
+        self._board.write(stream_id, {"state": StreamState.STOPPED})
+        return True
+
+    # -- the periodic steps ------------------------------------------------------------------
+    def tick(self) -> None:
+        self._board.probe()
+        for index, st in self._roster.poll():
+            self._take_reports(index, st)
+        self._rebalance()
+        self._roster.record()
+        for cmd in self._board.read_commands():
+            self._apply(cmd)
+        self._write_status()
+
+    def _take_reports(self, index: int, st: WorkerStatus) -> None:
+        for sid, rep in st.streams.items():
+            s = self._streams.get(sid)
+            if s is not None and s.worker == index and rep.state != StreamState.MOVED:
+                s.report = rep
+                if rep.state.ended and s.ended is None:
+                    s.ended = rep.state
+
+    def _rebalance(self) -> None:
+        """Give every running stream whose worker is down (or none) to a healthy worker."""
+        for s in self._streams.values():
+            if s.ended is not None:
+                continue
+            if s.worker is None or not self._roster.workers[s.worker].healthy:
+                if s.worker is not None:
+                    reason = self._roster.workers[s.worker].down_reason or "down"
+                    s.displaced = f"worker {s.worker} {reason}"
+                    self._driver_metrics.stream_moves.labels(reason).inc()
+                self._assign(s)
+                if s.worker is not None and s.displaced:
+                    s.moves += 1
+                    s.last_move, s.displaced = s.displaced, ""
+
+    def _apply(self, cmd: dict[str, str]) -> None:
+        op = cmd.get("op")
+        try:
+            if op == "add":
+                fps = float(cmd["fps"]) if cmd.get("fps") else None
+                added = self.add_streams([SourceConfig(uri=cmd["uri"], id=cmd.get("id") or None, fps=fps)])
+                log.info("control: added stream(s) %s", ", ".join(added))
+            elif op == "remove":
+                if self.remove_stream(cmd.get("id", "")):
+                    log.info("control: removed stream %s", cmd["id"])
+                else:
+                    log.warning("control: no running stream %r to remove", cmd.get("id"))
+            else:
+                log.warning("control: unknown command %r ignored", op)
+        except (FpnstreamError, ValueError, KeyError) as e:
+            log.warning("control: %s command rejected: %s", op, redact_text(str(e)))
+            if cmd.get("id"):
+                self._board.write(cmd["id"], {"state": StreamState.FAILED, "error": redact_text(str(e))})
+
+    def _write_status(self) -> None:
+        for sid, s in self._streams.items():
+            if not self._board.up:
+                return  # rewritten in full on the first tick after Redis is back
+            rep = s.report or StreamReport(sid)
+            state = s.ended or rep.state
+            if s.ended is None and s.worker is None:
+                state = StreamState.WAITING_FOR_WORKER
+            self._board.write(sid, {
+                "state": state, "worker": "" if s.worker is None else s.worker, "fps": round(rep.fps, 2),
+                "decoded": rep.decoded, "dropped": rep.dropped, "last_frame_ts": rep.last_frame_ts,
+                "error": redact_text(rep.error or ""), "moves": s.moves, "last_move": s.last_move,
+                "reconnects": rep.reconnects,
+            })
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def ready(self) -> bool:
+        """Ready when at least one worker can take streams and Redis answers."""
+        return self._board.up and bool(self._roster.healthy())
+
+    def all_ended(self) -> bool:
+        return all(s.ended is not None for s in self._streams.values())
+
+    def snapshot(self, seconds: float) -> JobSnapshot:
+        """The operator's view of the job now."""
+        rows = []
+        for sid, s in self._streams.items():
+            rep = s.report or StreamReport(sid)
+            state = s.ended or (rep.state if s.worker is not None else StreamState.WAITING_FOR_WORKER)
+            done = s.start + rep.published if not s.spec.live else rep.published
+            rows.append(StreamRow(sid, state, s.worker, done, rep.total, rep.fps, rep.latency_s, dict(rep.dropped)))
+        workers = tuple((w.index, w.healthy, w.info.device if w.info else "", w.batch_s) for w in self._roster.workers)
+        return JobSnapshot(seconds, self._board.up, workers, tuple(rows))
+
+    def drain(self, grace_s: float) -> None:
+        for idx, st in self._pool.drain(grace_s, [w.index for w in self._roster.healthy()]).items():
+            for sid, rep in st.streams.items():
+                s = self._streams.get(sid)
+                if s is not None and s.worker == idx:
+                    s.report = rep
+                    if s.ended is None:
+                        s.ended = rep.state if rep.state.ended else StreamState.STOPPED
+        self._write_status()
+
+    def report(self, seconds: float) -> RunReport:
+        out = {}
+        for sid, s in self._streams.items():
+            rep = replace(s.report or StreamReport(sid), live=s.spec.live)
+            rep.state = s.ended or rep.state
+            # The status hash counts every owner's frames; if Redis is away now, the last owner's count.
+            published = self._board.published(sid)
+            rep.published = published if published is not None else rep.published
+            if s.moves and rep.state == StreamState.FINISHED:
+                rep.decoded = rep.published  # earlier owners' counts died with them
+            out[sid] = rep
+        return RunReport(out, seconds)

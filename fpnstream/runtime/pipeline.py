@@ -1,0 +1,195 @@
+"""The engine: decoder threads -> FrameMux -> batcher -> detector lanes -> publisher.
+
+It wires the pieces and runs the two loops between them; the rules live in the pieces:
+`SourceSupervisor` (decoding, reconnects), `StreamLedger` (states, frame accounting),
+`FreshnessPolicy` (stale live frames), `Publisher` (Redis, outage buffer, retries).
+Per stream, frames are queued in decode order and batches are published in the order they
+were formed, so every Redis stream receives its frames in order. Metrics and preview
+snapshots are observers; the engine tells them what happened and nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Callable
+
+from fpnstream.batching.mux import Batch, DropPolicy, FrameMux
+from fpnstream.config.settings import BatchConfig
+from fpnstream.core.backoff import Backoff
+from fpnstream.core.observer import PipelineObserver
+from fpnstream.core.reports import RunReport, StreamReport, StreamState
+from fpnstream.publish.sink import RedisStreamSink
+from fpnstream.publish.spool import PublishBuffer
+from fpnstream.runtime.freshness import FreshnessPolicy
+from fpnstream.runtime.ledger import StreamLedger
+from fpnstream.runtime.publisher import END, Publisher
+from fpnstream.runtime.supervisor import SourceSupervisor
+from fpnstream.sources.decoder import VideoDecoder
+
+if TYPE_CHECKING:  # backends import torch; the pipeline itself does not need it
+    from fpnstream.detection.backends import DetectorBackend
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        backend: DetectorBackend,
+        sink: RedisStreamSink,
+        observer: PipelineObserver,
+        batch: BatchConfig,
+        queue_size: int,
+        buffer: PublishBuffer | None = None,
+        freshness_s: float | None = None,
+        keep_open: bool = False,
+        stop_grace_s: float = 10.0,
+        backoff: Callable[[], Backoff] = lambda: Backoff(0.5, 30.0),
+        outage_wait_s: float = 300.0,
+    ) -> None:
+        """`keep_open`: sources may still be added when all current ones ended (a worker).
+        `buffer`: where results wait while Redis is away (default: 10,000 in memory)."""
+        self._backend = backend
+        self._observer = observer
+        self._batch = batch
+        self._queue_size = queue_size
+        self._stop_grace_s = stop_grace_s
+        self._ledger = StreamLedger(observer)
+        buffer = buffer or PublishBuffer(None, 10_000, 0)
+        self._publisher = Publisher(sink, buffer, self._ledger, observer, outage_wait_s,
+                                    on_fenced=lambda sid: self.remove_source(sid, StreamState.MOVED))
+        buffer.on_drop = self._spool_overflow
+        self._freshness = None if freshness_s is None else FreshnessPolicy(
+            freshness_s, self._ledger.is_live, lambda sid: self._ledger.drop(sid, "stale"),
+            lambda: self._publisher.batch_seconds)
+        self._mux = FrameMux(on_drop=self._ledger.drop, keep_open=keep_open,
+                             stale_after_s=self._freshness.age_budget if self._freshness else None)
+        self._sources = SourceSupervisor(self._ledger, self._mux, observer, backoff)
+        # Bounded: when the detector is busy the batcher blocks, then the queues fill, then file
+        # decoders block (live ones drop oldest) — backpressure all the way to the source.
+        self._inflight: queue.Queue = queue.Queue(maxsize=max(1, backend.max_inflight))
+        self._fatal: BaseException | None = None
+        self._fatal_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._started_at: float | None = None
+
+    # -- sources ---------------------------------------------------------------------------
+    def add_source(self, decoder: VideoDecoder) -> None:
+        sid = decoder.spec.stream_id
+        self._ledger.open(sid, decoder.spec.live)
+        self._mux.add_stream(sid, self._queue_size, DropPolicy.DROP_OLDEST if decoder.spec.live else DropPolicy.BLOCK)
+        self._sources.add(decoder)
+
+    def remove_source(self, stream_id: str, state: StreamState = StreamState.STOPPED) -> None:
+        """Stop reading a stream; frames already queued are still detected and published."""
+        if not self._sources.stop(stream_id):
+            return
+        self._ledger.end(stream_id, state)
+        self._mux.close_stream(stream_id)
+
+    def stop_reading(self) -> None:
+        for sid in self._sources.stream_ids():
+            self.remove_source(sid)
+
+    def seal(self) -> None:
+        """No sources will be added any more: finish once the current ones are drained."""
+        self._mux.seal()
+
+    def snapshot(self) -> dict[str, StreamReport]:
+        return self._ledger.snapshot()
+
+    def _spool_overflow(self, result) -> None:
+        for meta in result.metas:
+            self._ledger.drop(meta.stream_id, "spool_full")
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._fatal_lock:
+            if self._fatal is None:
+                self._fatal = exc
+        self._mux.shutdown()
+
+    # -- the two loops -----------------------------------------------------------------------
+    def _put_inflight(self, item: object) -> bool:
+        while self._fatal is None:
+            try:
+                self._inflight.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _batch_loop(self) -> None:
+        max_wait = self._batch.max_wait_ms / 1000.0
+        admit = self._freshness.admit if self._freshness else None
+        try:
+            while self._fatal is None:
+                batch: Batch | None = self._mux.take_batch(self._batch.max_size, max_wait, idle_timeout_s=0.5)
+                if batch is None:
+                    break
+                if not batch.frames:
+                    continue
+                for w in batch.waits:
+                    self._observer.stage("batch_wait", w)
+                self._observer.batch_formed(batch.frames)
+                if not self._put_inflight(self._backend.submit(batch.frames, admit)):
+                    break
+        except Exception as e:
+            self._fail(e)
+        finally:
+            self._put_inflight(END)
+
+    def _publish_loop(self) -> None:
+        try:
+            self._publisher.run(self._inflight, failed=lambda: self._fatal is not None)
+        except BaseException as e:
+            self._fail(e)
+
+    # -- driver ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._started_at = time.monotonic()
+        self._threads = [
+            threading.Thread(target=self._batch_loop, name="batcher", daemon=True),
+            threading.Thread(target=self._publish_loop, name="publisher", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        self._sources.start()
+
+    @property
+    def done(self) -> bool:
+        return bool(self._threads) and not self._threads[1].is_alive()
+
+    def wait(self, stop: threading.Event, on_tick: Callable[[], None] | None = None) -> RunReport:
+        """Until every source is done, or `stop` is set (then drain what was decoded)."""
+        assert self._started_at is not None, "start() first"
+        publisher = self._threads[1]
+        stop_seen_at: float | None = None
+        while publisher.is_alive():
+            publisher.join(0.25)
+            self.update_gauges()
+            if on_tick:
+                on_tick()
+            if stop.is_set() and stop_seen_at is None:
+                stop_seen_at = time.monotonic()
+                log.info("stopping: no new frames; draining what was decoded")
+                self.stop_reading()
+                self.seal()
+            if stop_seen_at is not None and time.monotonic() - stop_seen_at > self._stop_grace_s:
+                log.warning("grace period over; frames still queued are dropped")
+                self._mux.shutdown()
+                break
+        self._threads[0].join(5)
+        self.update_gauges()
+        if self._fatal is not None:
+            raise self._fatal
+        return RunReport(self.snapshot(), time.monotonic() - self._started_at)
+
+    def run(self, stop: threading.Event, on_tick: Callable[[], None] | None = None) -> RunReport:
+        self.start()
+        return self.wait(stop, on_tick)
+
+    def update_gauges(self) -> None:
+        self._observer.gauges(self._mux.depths(), self._ledger.stream_ids(), self._inflight.qsize(), self._ledger.backlog())

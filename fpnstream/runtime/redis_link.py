@@ -1,0 +1,72 @@
+"""The coordinator's Redis calls outside the publish path (status hashes, the workers hash,
+the control channel), made so that an outage never stops the job.
+
+A call that fails marks the link down and returns a default at once; while down, calls
+return their defaults without touching the network, and `probe()` pings with backoff until
+Redis answers. Every write the coordinator makes here is the latest state of something it
+rewrites every tick, so skipping writes during an outage loses nothing; reads (the control
+channel) resume from where they were. Detection and publishing go on meanwhile: workers
+buffer their results (fpnstream.publish.spool) and publish them exactly once when Redis is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, TypeVar
+
+import redis
+
+from fpnstream.core.redact import redact_text
+from fpnstream.core.backoff import Backoff
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RedisLink:
+    def __init__(self, client: redis.Redis, on_down: Callable[[], None] = lambda: None,
+                 on_up: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self._on_down, self._on_up, self._clock = on_down, on_up, clock
+        self._backoff = Backoff(0.25, 2.0)  # a PING every 2 s at most is cheap; readiness follows Redis closely
+        self._up = True
+        self._next_probe = 0.0
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    def call(self, fn: Callable[..., T], *args: Any, default: T = None, **kwargs: Any) -> T:
+        if not self._up:
+            return default
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as e:
+            self._mark_down(e)
+            return default
+
+    def probe(self) -> bool:
+        """While down: one PING when the backoff allows. Returns whether Redis is up."""
+        if self._up:
+            return True
+        if self._clock() < self._next_probe:
+            return False
+        try:
+            self.client.ping()
+        except redis.RedisError:
+            self._next_probe = self._clock() + self._backoff.next_delay()
+            return False
+        self._up = True
+        self._backoff.reset()
+        log.info("Redis is back; coordinator resumes status updates and control commands")
+        self._on_up()
+        return True
+
+    def _mark_down(self, e: Exception) -> None:
+        if self._up:
+            log.warning("Redis unreachable from the coordinator (%s); detection goes on, results are buffered, "
+                        "retrying with backoff", redact_text(str(e)).splitlines()[0] if str(e) else type(e).__name__)
+            self._up = False
+            self._on_down()
+        self._next_probe = self._clock() + self._backoff.next_delay()

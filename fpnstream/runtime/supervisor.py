@@ -1,0 +1,156 @@
+"""Source supervision: one decoder thread per stream, feeding the frame mux.
+
+A file is read once to its end. A live source is read connection after connection: on any
+failure it backs off (exponential, with jitter) and reconnects, until it is stopped; frame
+indices go on across connections and the first frame after one is marked `gap`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from fpnstream.batching.mux import FrameMux
+from fpnstream.core.backoff import Backoff
+from fpnstream.core.errors import SourceError
+from fpnstream.core.observer import PipelineObserver
+from fpnstream.core.reports import StreamState
+from fpnstream.runtime.ledger import StreamLedger
+from fpnstream.sources.decoder import VideoDecoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Source:
+    decoder: VideoDecoder
+    stop: threading.Event
+    thread: threading.Thread | None = None
+
+
+class SourceSupervisor:
+    def __init__(self, ledger: StreamLedger, mux: FrameMux, observer: PipelineObserver,
+                 backoff: Callable[[], Backoff]) -> None:
+        self._ledger = ledger
+        self._mux = mux
+        self._observer = observer
+        self._backoff = backoff
+        self._sources: dict[str, _Source] = {}
+        self._lock = threading.Lock()
+        self._started = False
+
+    def add(self, decoder: VideoDecoder) -> None:
+        with self._lock:
+            src = self._sources[decoder.spec.stream_id] = _Source(decoder, threading.Event())
+            if self._started:
+                self._start(src)
+
+    def start(self) -> None:
+        with self._lock:
+            self._started = True
+            for src in self._sources.values():
+                if src.thread is None:
+                    self._start(src)
+
+    def stop(self, stream_id: str) -> bool:
+        """Ask a stream's decoder to stop; False if there is no such stream."""
+        src = self._sources.get(stream_id)
+        if src is None:
+            return False
+        src.stop.set()
+        return True
+
+    def stream_ids(self) -> list[str]:
+        return list(self._sources)
+
+    def _start(self, src: _Source) -> None:
+        src.thread = threading.Thread(target=self._run, args=(src,), name=f"decode-{src.decoder.spec.stream_id}", daemon=True)
+        src.thread.start()
+
+    def _run(self, src: _Source) -> None:
+        sid = src.decoder.spec.stream_id
+        try:
+            if src.decoder.spec.live:
+                self._run_live(src)
+            else:
+                self._read_connection(src, src.decoder)
+                self._ledger.source_done(sid)
+        except Exception as e:  # one broken stream ends that stream, not the job
+            self._ledger.fail(sid, str(e))
+            log.error("%s", e)
+        finally:
+            self._observer.source_up(sid, False)
+            self._mux.close_stream(sid)
+
+    def _run_live(self, src: _Source) -> None:
+        sid = src.decoder.spec.stream_id
+        report = self._ledger.report(sid)
+        backoff = self._backoff()
+        decoder = src.decoder
+        while not src.stop.is_set():
+            report.state = StreamState.CONNECTING
+            try:
+                self._read_connection(src, decoder, on_first_frame=backoff.reset)
+                if src.stop.is_set():
+                    break
+                report.error = f"source {sid}: the stream ended"
+            except SourceError as e:
+                report.error = str(e)
+            if src.stop.is_set():
+                break
+            self._observer.source_up(sid, False)
+            report.state = StreamState.BACKING_OFF
+            delay = backoff.next_delay()
+            log.warning("%s; reconnecting in %.1f s", report.error, delay)
+            if src.stop.wait(delay):
+                break
+            report.reconnects += 1
+            self._observer.reconnected(sid)
+            decoder = decoder.reopened()
+            src.decoder = decoder
+
+    def _read_connection(self, src: _Source, decoder: VideoDecoder,
+                         on_first_frame: Callable[[], None] | None = None) -> None:
+        """Read one connection (or one file) to its end, feeding the mux."""
+        sid = decoder.spec.stream_id
+        report = self._ledger.report(sid)
+        seen_decoded = seen_sampled = 0
+
+        def account() -> None:
+            nonlocal seen_decoded, seen_sampled
+            self._observer.decoded(sid, decoder.frames_decoded - seen_decoded)
+            if decoder.frames_sampled_out != seen_sampled:
+                self._ledger.drop(sid, "sampled", decoder.frames_sampled_out - seen_sampled)
+            report.decoded += decoder.frames_decoded - seen_decoded
+            seen_decoded, seen_sampled = decoder.frames_decoded, decoder.frames_sampled_out
+
+        try:
+            t, paced = time.perf_counter(), 0.0
+            for frame in decoder.frames():
+                if report.total is None and decoder.expected_frames:
+                    report.total = decoder.expected_frames
+                slept = decoder.pacer.slept_s  # a realtime file's wait is not decoding
+                self._observer.stage("decode", time.perf_counter() - t - (slept - paced))
+                paced = slept
+                if report.state in (StreamState.STARTING, StreamState.CONNECTING):
+                    report.state = StreamState.STREAMING
+                    self._observer.source_up(sid, True)
+                    if on_first_frame:
+                        on_first_frame()
+                account()
+                self._ledger.accept(sid)
+                if src.stop.is_set() or not self._mux.put(frame):
+                    self._ledger.unaccept(sid)
+                    # Decoded after the stop: never accepted, but accounted for.
+                    self._ledger.drop(sid, "stopped")
+                    break
+                t = time.perf_counter()
+            account()
+            if decoder.warning:
+                report.warning = decoder.warning
+                log.warning("%s", decoder.warning)
+        finally:
+            decoder.close()

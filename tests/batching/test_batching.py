@@ -1,0 +1,137 @@
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from fpnstream.batching.mux import DropPolicy, FrameMux
+from fpnstream.core.frames import Frame
+
+
+def frame(stream: str, i: int) -> Frame:
+    return Frame(np.zeros((2, 2, 3), np.uint8), stream, i, i / 30, time.time())
+
+
+def test_batch_closes_at_max_size_round_robin():
+    mux = FrameMux()
+    for s in ("a", "b"):
+        mux.add_stream(s, 10, DropPolicy.BLOCK)
+    for i in range(4):
+        mux.put(frame("a", i))
+    mux.put(frame("b", 0))
+    batch = mux.take_batch(max_size=4, max_wait_s=5)
+    assert len(batch.frames) == 4
+    assert [f.stream_id for f in batch.frames].count("b") == 1  # b is not starved behind a's backlog
+    a_idx = [f.index for f in batch.frames if f.stream_id == "a"]
+    assert a_idx == sorted(a_idx)
+
+
+def test_batch_closes_at_deadline_when_streams_are_silent():
+    mux = FrameMux()
+    mux.add_stream("live", 10, DropPolicy.DROP_OLDEST)
+    mux.add_stream("silent", 10, DropPolicy.DROP_OLDEST)
+    mux.put(frame("live", 0))
+    t = time.monotonic()
+    batch = mux.take_batch(max_size=8, max_wait_s=0.1)
+    elapsed = time.monotonic() - t
+    assert len(batch.frames) == 1
+    assert 0.08 <= elapsed < 1.0
+    assert batch.waits[0] >= 0.08
+
+
+def test_drop_oldest_counts_and_keeps_newest():
+    drops = []
+    mux = FrameMux(on_drop=lambda s, r: drops.append((s, r)))
+    mux.add_stream("cam", 3, DropPolicy.DROP_OLDEST)
+    for i in range(7):
+        assert mux.put(frame("cam", i))
+    assert drops == [("cam", "queue_full")] * 4
+    mux.close_stream("cam")
+    assert [f.index for f in mux.take_batch(10, 0).frames] == [4, 5, 6]
+    assert mux.take_batch(10, 0) is None
+
+
+def test_block_policy_blocks_producer_until_space():
+    mux = FrameMux()
+    mux.add_stream("file", 2, DropPolicy.BLOCK)
+    mux.put(frame("file", 0))
+    mux.put(frame("file", 1))
+    done = threading.Event()
+
+    def producer():
+        mux.put(frame("file", 2))
+        done.set()
+
+    threading.Thread(target=producer, daemon=True).start()
+    assert not done.wait(0.2), "producer must block while the queue is full"
+    assert [f.index for f in mux.take_batch(1, 0).frames] == [0]
+    assert done.wait(2)
+    mux.close_stream("file")
+    rest = mux.take_batch(10, 0)
+    assert [f.index for f in rest.frames] == [1, 2]
+
+
+def test_shutdown_releases_blocked_producer_without_accepting():
+    mux = FrameMux()
+    mux.add_stream("file", 1, DropPolicy.BLOCK)
+    mux.put(frame("file", 0))
+    result = []
+    t = threading.Thread(target=lambda: result.append(mux.put(frame("file", 1))))
+    t.start()
+    time.sleep(0.05)
+    mux.shutdown()
+    t.join(2)
+    assert result == [False]
+    assert [f.index for f in mux.take_batch(5, 0).frames] == [0]  # accepted frame still handed out
+
+
+def test_idle_timeout_returns_empty_batch_and_end_returns_none():
+    mux = FrameMux()
+    mux.add_stream("a", 2, DropPolicy.BLOCK)
+    assert mux.take_batch(4, 0.01, idle_timeout_s=0.05).frames == []
+    mux.close_stream("a")
+    assert mux.take_batch(4, 0.01, idle_timeout_s=0.05) is None
+
+
+def test_put_to_closed_stream_rejected():
+    mux = FrameMux()
+    mux.add_stream("a", 2, DropPolicy.BLOCK)
+    mux.close_stream("a")
+    assert mux.put(frame("a", 0)) is False
+
+
+@pytest.mark.parametrize("streams", [1, 7, 50])
+def test_many_streams_all_frames_exactly_once_in_order(streams):
+    mux = FrameMux()
+    n = 20
+    for s in range(streams):
+        mux.add_stream(f"s{s}", 4, DropPolicy.BLOCK)
+
+    def produce(s):
+        for i in range(n):
+            mux.put(frame(f"s{s}", i))
+        mux.close_stream(f"s{s}")
+
+    threads = [threading.Thread(target=produce, args=(s,)) for s in range(streams)]
+    for t in threads:
+        t.start()
+    seen: dict[str, list[int]] = {}
+    while (batch := mux.take_batch(8, 0.01)) is not None:
+        assert len(batch.frames) <= 8
+        for f in batch.frames:
+            seen.setdefault(f.stream_id, []).append(f.index)
+    assert seen == {f"s{s}": list(range(n)) for s in range(streams)}
+
+
+def test_stale_live_frames_skipped_when_forming_a_batch():
+    drops = []
+    now = [1000.0]
+    mux = FrameMux(on_drop=lambda s, r: drops.append((s, r)), stale_after_s=0.5, wall_clock=lambda: now[0])
+    mux.add_stream("live", 10, DropPolicy.DROP_OLDEST)
+    mux.add_stream("file", 10, DropPolicy.BLOCK)
+    for i, ts in enumerate([998.0, 999.0, 999.8, 999.9]):
+        mux.put(Frame(np.zeros((2, 2, 3), np.uint8), "live", i, None, ts))
+    mux.put(Frame(np.zeros((2, 2, 3), np.uint8), "file", 0, None, 900.0))  # files are never stale
+    batch = mux.take_batch(10, 0)
+    assert sorted((f.stream_id, f.index) for f in batch.frames) == [("file", 0), ("live", 2), ("live", 3)]
+    assert drops == [("live", "stale"), ("live", "stale")]

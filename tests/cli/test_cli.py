@@ -1,0 +1,195 @@
+"""`fpnstream` as a user runs it: subprocesses, a local Ray, real Redis, real clips."""
+
+import json
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+
+import pytest
+import redis
+
+from fpnstream.publish.schema import decode_entry
+from tests.conftest import (
+    PARITY_MAX_SIZE, PARITY_MIN_SIZE, PARITY_MODEL, SMALL_MODEL, free_port, reference_frames, run_cli, start_run,
+    wait_for,
+)
+from tests.parity import match_detections, torchvision_reference
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, fragment: str, code: int = 2) -> None:
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("fpnstream: error: "), proc.stderr
+    assert fragment in last, last
+
+
+def test_run_on_ray_publishes_what_torchvision_returns(clips, firing_checkpoint, redis_proc):
+    """The parity test through the real path: decode -> Ray actor -> Redis, vs torchvision direct."""
+    clip = clips["mp4_h264"]
+    proc = run_cli(
+        "run", "--source", f"cam={clip}", "--model", PARITY_MODEL, "--weights", str(firing_checkpoint),
+        "--device", "cpu", "--score-threshold", "0.5", "--min-size", str(PARITY_MIN_SIZE),
+        "--max-size", str(PARITY_MAX_SIZE), "--batch-size", "4", "--redis-url", redis_proc.url,
+        "--redis-prefix", "par", "--metrics-port", "0",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "stream worker(s) ready" in proc.stderr  # it really went through Ray
+    ref_frames = reference_frames(clip)
+    ref = torchvision_reference(PARITY_MODEL, firing_checkpoint, [rgb for _, _, rgb in ref_frames],
+                                box_score_thresh=0.5, min_size=PARITY_MIN_SIZE, max_size=PARITY_MAX_SIZE)
+    docs = [decode_entry(f) for _, f in redis_proc.client().xrange("par:detections:cam")]
+    assert [d["frame"] for d in docs] == list(range(len(ref_frames)))
+    matched = unmatched = 0
+    for doc, r, (_, pts, rgb) in zip(docs, ref, ref_frames):
+        assert doc["pts"] == pytest.approx(pts) and (doc["height"], doc["width"]) == rgb.shape[:2]
+        m, u_ours, u_ref = match_detections(doc["detections"], r)
+        matched, unmatched = matched + m, unmatched + max(u_ours, u_ref)
+    assert matched >= 20 * len(docs), "the checkpoint must fire for parity to mean anything"
+    # Batches of 4 vs single frames: a handful of near-tied boxes may move, nothing more.
+    assert unmatched <= max(3, 0.01 * matched), (matched, unmatched)
+
+
+def test_embedded_redis_demo_then_tail_with_live_metrics(tmp_path, clips, small_checkpoint):
+    port = free_port()
+    scraped: list[str] = []
+    done = threading.Event()
+
+    def scrape():
+        while not done.is_set():
+            try:
+                scraped.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode())
+            except OSError:
+                pass
+            time.sleep(0.2)
+
+    t = threading.Thread(target=scrape, daemon=True)
+    t.start()
+    try:
+        proc = run_cli("run", "--source", str(clips["webm_vp9"]), "--model", SMALL_MODEL,
+                       "--weights", str(small_checkpoint), "--metrics-port", str(port), cwd=tmp_path)
+    finally:
+        done.set()
+        t.join()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    n = len(reference_frames(clips["webm_vp9"]))
+    assert f"stream c: decoded {n}, published {n}" in proc.stderr
+    assert (tmp_path / ".fpnstream" / "redis").is_dir()
+    # Metrics were served while the job ran.
+    assert any('fpnstream_frames_decoded_total{stream="c",worker="0"}' in s for s in scraped), "metrics endpoint never answered"
+    assert any("fpnstream_build_info{" in s and SMALL_MODEL in s for s in scraped)
+
+    # tail, after the run, reads the embedded Redis's data from disk.
+    out = run_cli("tail", "--count", "3", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [doc["frame"] for doc in lines] == [n - 3, n - 2, n - 1]
+    assert all(doc["stream"] == "c" and doc["v"] == "1" for doc in lines)
+    assert_clean_error(run_cli("tail", "--stream", "nope", cwd=tmp_path), "no stream 'nope'")
+
+
+def test_sigterm_drains_and_exits_zero(tmp_path, redis_proc, small_checkpoint):
+    from fpnstream.devtools.synthetic import write_clip
+
+    clip = write_clip(tmp_path / "long.mp4", frames=600, width=160, height=120)
+    proc = start_run("--source", f"long={clip}", "--model", SMALL_MODEL, "--weights", str(small_checkpoint),
+                     "--redis-url", redis_proc.url, "--metrics-port", "0", "--in-process")
+    client = redis_proc.client()
+    wait_for(lambda: client.xlen("fpnstream:detections:long") >= 5, proc, what="first frames")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    frames = [decode_entry(f)["frame"] for _, f in client.xrange("fpnstream:detections:long")]
+    assert 5 <= len(frames) < 600
+    assert frames == list(range(len(frames)))
+    line = next(ln for ln in err.splitlines() if "stream long: decoded" in ln)
+    decoded = int(line.split("decoded ")[1].split(",")[0])
+    assert f"published {len(frames)}," in line
+    assert decoded == len(frames) or (decoded == len(frames) + 1 and "stopped=1" in line)
+
+
+def test_live_rtsp_runs_until_sigint_then_drains(rtsp_url, redis_proc, small_checkpoint):
+    proc = start_run("--source", f"cam={rtsp_url}", "--model", SMALL_MODEL, "--weights", str(small_checkpoint),
+                     "--redis-url", redis_proc.url, "--metrics-port", "0", "--in-process")
+    client = redis_proc.client()
+    wait_for(lambda: client.xlen("fpnstream:detections:cam") >= 10, proc, what="first frames")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    docs = [decode_entry(f) for _, f in client.xrange("fpnstream:detections:cam")]
+    frames = [d["frame"] for d in docs]
+    assert frames == sorted(frames) and len(set(frames)) == len(frames)
+    report = next(line for line in err.splitlines() if "stream cam: decoded" in line)
+    published = int(report.split("published ")[1].split(",")[0])
+    assert published == len(docs)
+    assert all(d["latency_ms"] < 30_000 for d in docs)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--source", "/no/such/video.mp4"], "file not found: /no/such/video.mp4"),
+        (["--source", "README.md"], "not a readable video"),
+        (["--source", "ftp://u:topsecret@h/v.mp4"], "unsupported source scheme 'ftp'"),
+        (["--model", "yolo", "--source", "x.mp4"], "unknown model 'yolo'"),
+        (["--score-threshold", "7", "--source", "x.mp4"], "model.score_threshold"),
+        (["--redis-url", "http://h:1", "--source", "x.mp4"], "must start with redis://"),
+        (["--fps", "5"], "--fps applies to --source"),
+        ([], "no sources"),
+    ],
+)
+def test_bad_input_one_clear_line(args, fragment):
+    proc = run_cli("run", "--metrics-port", "0", *args)
+    assert_clean_error(proc, fragment)
+    assert "topsecret" not in proc.stderr
+
+
+def test_unreachable_services_and_secrets(clips):
+    port = free_port()
+    proc = run_cli("run", "--source", str(clips["mp4_h264"]), "--metrics-port", "0",
+                   "--redis-url", f"redis://:pa55word@127.0.0.1:{port}/0")
+    assert_clean_error(proc, f"cannot reach Redis at redis://***@127.0.0.1:{port}/0")
+    assert "pa55word" not in proc.stderr
+    proc = run_cli("run", "--source", f"cam=rtsp://admin:pa55word@127.0.0.1:{free_port()}/x", "--metrics-port", "0")
+    assert_clean_error(proc, "source cam: cannot open rtsp://***@127.0.0.1")
+    assert "pa55word" not in proc.stderr
+
+
+def test_wrong_redis_password(tmp_path, clips):
+    from tests.conftest import RedisProc
+
+    server = RedisProc(tmp_path, "--requirepass", "correct-horse")
+    try:
+        proc = run_cli("run", "--source", str(clips["mp4_h264"]), "--metrics-port", "0",
+                       "--redis-url", f"redis://:battery-staple@127.0.0.1:{server.port}/0")
+        assert_clean_error(proc, "rejected the credentials")
+        assert "battery-staple" not in proc.stderr
+    finally:
+        server.stop()
+
+
+def test_malformed_and_unknown_config(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sources:\n  - uri: [oops\n")
+    assert_clean_error(run_cli("run", "--config", str(bad)), "malformed YAML")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("modle:\n  name: fasterrcnn_resnet50_fpn\n")
+    assert_clean_error(run_cli("run", "--config", str(unknown)), "modle: unknown key")
+
+
+def test_checkpoint_mismatch_reported_from_the_ray_actor(clips, small_checkpoint, redis_proc):
+    proc = run_cli("run", "--source", str(clips["mp4_h264"]), "--model", "fasterrcnn_resnet50_fpn",
+                   "--weights", str(small_checkpoint), "--redis-url", redis_proc.url, "--metrics-port", "0")
+    assert_clean_error(proc, "does not match fasterrcnn_resnet50_fpn")
+    assert redis_proc.client().xlen("fpnstream:detections:a") == 0
+
+
+def test_synth_writes_a_decodable_clip(tmp_path):
+    proc = run_cli("synth", str(tmp_path / "s.mkv"), "--frames", "7", "--size", "96x64")
+    assert proc.returncode == 0, proc.stderr
+    frames = reference_frames(tmp_path / "s.mkv")
+    assert len(frames) == 7 and frames[0][2].shape == (64, 96, 3)
+    assert_clean_error(run_cli("synth", str(tmp_path / "x.mp4"), "--size", "big"), "--size must look like")

@@ -1,0 +1,174 @@
+"""The fault matrix on the path users run: `fpnstream run` on Ray, a real redis-server, real
+video. Each test asserts what a consumer sees: every frame of a file exactly once and in
+order (and, where it matters, which run it belongs to).
+
+Rows not here: worker SIGKILL and node removal (tests/cluster/test_cluster.py), an RTSP server
+killed and restarted (tests/e2e/test_reliability.py), both on Ray too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from fpnstream.publish.schema import decode_entry
+from fpnstream.devtools.synthetic import write_clip
+from tests.faults import exactly_once, http, longest_pause_s, metric, record
+from tests.conftest import SMALL_MODEL, RedisProc, free_port, run_cli, start_run, wait_for
+
+FAST = ["--model", SMALL_MODEL, "--min-size", "64", "--max-size", "128"]
+
+
+def entries(client, key: str) -> list[dict]:
+    return [decode_entry(f) for _, f in client.xrange(key)]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_clip(tmp_path_factory.mktemp("faults") / "f.mp4", frames=240, width=96, height=64, seed=3)
+
+
+def test_redis_killed_and_restarted_twice_on_ray(tmp_path, clip, small_checkpoint):
+    """The driver keeps running through two Redis outages: /readyz says not ready while Redis
+    is away, the outage is counted, results wait in the workers' buffer (and disk spool) and
+    land exactly once."""
+    data = tmp_path / "redis-data"
+    data.mkdir()
+    persist = ("--appendonly", "yes", "--appendfsync", "always")
+    server = RedisProc(data, *persist)
+    port, mport = server.port, free_port()
+    cfg = tmp_path / "small-buffer.yaml"
+    cfg.write_text(f"redis:\n  buffer_frames: 8\n  spool_dir: {tmp_path / 'spool'}\n  outage_wait_s: 60\n")
+    proc = start_run("--config", str(cfg), "--source", f"f={clip}", *FAST, "--weights", str(small_checkpoint),
+                     "--redis-url", server.url, "--metrics-port", str(mport))
+    key = "fpnstream:detections:f"
+    seen_not_ready = False
+    try:
+        for outage, at in enumerate((30, 90)):
+            wait_for(lambda: server.client().xlen(key) >= at, proc, what=f"{at} frames")
+            wait_for(lambda: http(f"http://127.0.0.1:{mport}/readyz")[0] == 200, proc, timeout=10, what="ready")
+            server.proc.kill()
+            server.proc.wait()
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline:  # detection goes on meanwhile
+                seen_not_ready |= http(f"http://127.0.0.1:{mport}/readyz")[0] == 503
+                time.sleep(0.2)
+            text = http(f"http://127.0.0.1:{mport}/metrics")[1]
+            assert metric(text, "fpnstream_redis_up") == 0 and metric(text, "fpnstream_redis_outages_total") == outage + 1
+            server = RedisProc(data, *persist, port=port)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+        server.stop()
+    assert proc.returncode == 0, err[-3000:]
+    assert seen_not_ready, "/readyz should answer 503 while Redis is away"
+    assert "Redis unreachable from the coordinator" in err and "Redis is back" in err
+    assert "Traceback" not in err and "internal error" not in err
+    restarted = RedisProc(data, *persist, port=port)
+    try:
+        frames = [d["frame"] for d in entries(restarted.client(), key)]
+        record("Redis killed and restarted (twice)", **exactly_once(frames, 240),
+               longest_pause_s=longest_pause_s(restarted.client(), key))
+    finally:
+        restarted.stop()
+    assert frames == list(range(240))
+
+
+def test_driver_sigkill_then_same_command_resumes_then_a_new_run(tmp_path, clip, redis_proc, small_checkpoint):
+    """A crashed driver run again continues the same run after the last published frame;
+    running it once more after it finished starts run 2 from frame 0."""
+    client = redis_proc.client()
+    args = ["--source", f"f={clip}", *FAST, "--weights", str(small_checkpoint), "--redis-url", redis_proc.url,
+            "--metrics-port", "0"]
+    key = "fpnstream:detections:f"
+    proc = start_run(*args)
+    try:
+        wait_for(lambda: client.xlen(key) >= 40, proc, what="first frames")
+        proc.send_signal(signal.SIGKILL)  # a crash: nothing is drained or written on the way out
+        proc.wait(10)
+    finally:
+        proc.kill()
+    cut = client.xlen(key)
+    assert cut < 240
+    again = run_cli("run", *args, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumes its run at frame" in again.stderr
+    docs = entries(client, key)
+    record("driver SIGKILL, same command again", **exactly_once([d["frame"] for d in docs], 240), cut_at=cut,
+           longest_pause_s=longest_pause_s(client, key))
+    assert [d["frame"] for d in docs] == list(range(240)), "no duplicate, no gap across the crash"
+    assert {d["run"] for d in docs} == {1}
+    status = {k.decode(): v.decode() for k, v in client.hgetall("fpnstream:status:f").items()}
+    assert status["state"] == "finished" and status["run"] == "1" and status["published"] == "240"
+
+    third = run_cli("run", *args, timeout=300)
+    assert third.returncode == 0, third.stderr[-3000:]
+    docs = entries(client, key)
+    assert [(d["run"], d["frame"]) for d in docs] == [(1, i) for i in range(240)] + [(2, i) for i in range(240)]
+
+
+def test_worker_sigstop_longer_than_poll_budget_then_sigcont(tmp_path, redis_proc, small_checkpoint):
+    """A frozen worker misses its status polls: its streams move (fenced); when it wakes up
+    it finds them owned elsewhere and stops feeding them. Every frame exactly once."""
+    d = tmp_path / "clips"
+    d.mkdir()
+    clips = [write_clip(d / f"s{i}.mp4", frames=150, width=96, height=64, seed=10 + i) for i in range(2)]
+    cfg = tmp_path / "fast-polls.yaml"
+    cfg.write_text("ray:\n  poll_interval_s: 1\n  poll_misses: 3\n")
+    client = redis_proc.client()
+    srcs = [a for p in clips for a in ("--source", str(p))]
+    proc = start_run("--config", str(cfg), *srcs, *FAST, "--weights", str(small_checkpoint), "--num-actors", "2",
+                     "--redis-url", redis_proc.url, "--redis-prefix", "stop", "--metrics-port", "0")
+    try:
+        wait_for(lambda: client.hlen("stop:workers") == 2 and sum(client.xlen(f"stop:detections:{p.stem}") for p in clips) >= 30,
+                 proc, what="first frames")
+        victim = json.loads(client.hget("stop:workers", "0"))["pid"]
+        os.kill(victim, signal.SIGSTOP)
+        try:
+            wait_for(lambda: any(client.hget(f"stop:status:{p.stem}", "last_move") == b"worker 0 unresponsive" for p in clips),
+                     proc, timeout=60, what="streams moved off the frozen worker")
+        finally:
+            os.kill(victim, signal.SIGCONT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "worker 0 is down (no answer to 3 status polls)" in err
+    for p in clips:
+        frames = [e["frame"] for e in entries(client, f"stop:detections:{p.stem}")]
+        record(f"worker SIGSTOP past the poll budget, then SIGCONT ({p.stem})", **exactly_once(frames, 150),
+               longest_pause_s=longest_pause_s(client, f"stop:detections:{p.stem}"))
+    for p in clips:
+        assert [e["frame"] for e in entries(client, f"stop:detections:{p.stem}")] == list(range(150)), p.stem
+
+
+def test_hung_detector_is_detected_moved_and_restarted(tmp_path, clip, redis_proc, small_checkpoint):
+    """A failpoint makes a batch never return while the worker keeps answering polls: the
+    watchdog moves its stream, Ray restarts the worker, and the file completes exactly once."""
+    cfg = tmp_path / "watchdog.yaml"
+    cfg.write_text("ray:\n  poll_interval_s: 1\n  hang_floor_s: 4\n")
+    marker = tmp_path / "hung-once"
+    client = redis_proc.client()
+    mport = free_port()
+    proc = start_run("--config", str(cfg), "--source", f"f={clip}", *FAST, "--weights", str(small_checkpoint),
+                     "--redis-url", redis_proc.url, "--redis-prefix", "hang", "--metrics-port", str(mport),
+                     env={"FPNSTREAM_FAILPOINTS": f"detector.hang:after=10:once={marker}"})
+    try:
+        wait_for(lambda: client.hget("hang:status:f", "last_move") == b"worker 0 hung", proc, timeout=120,
+                 what="the watchdog to move the stream")
+        assert metric(http(f"http://127.0.0.1:{mport}/metrics")[1], "fpnstream_worker_hangs_total") == 1
+        listing = run_cli("streams", "--redis-url", redis_proc.url, "--redis-prefix", "hang", "list")
+        assert "worker 0 hung" in listing.stdout
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert marker.exists(), "the failpoint fired"
+    assert "worker 0 is hung" in err and "restarting it" in err
+    frames = [e["frame"] for e in entries(client, "hang:detections:f")]
+    record("detector hang (failpoint)", **exactly_once(frames, 240), longest_pause_s=longest_pause_s(client, "hang:detections:f"))
+    assert frames == list(range(240))

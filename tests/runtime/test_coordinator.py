@@ -1,0 +1,67 @@
+"""The coordinator's rules over the local pool (workers in this process, what --in-process
+runs): no Ray, no mocks, seconds per test. The same rules run over Ray's pool in
+tests/cluster/."""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry
+
+from fpnstream.config.settings import build_config
+from fpnstream.devtools.synthetic import write_clip
+from fpnstream.job import run_coordinated
+from fpnstream.observe.metrics import DriverMetrics
+from fpnstream.publish.schema import decode_entry
+from fpnstream.runtime.pool import LocalPool
+from fpnstream.runtime.status_board import StatusBoard
+from tests.conftest import SMALL_MODEL
+
+
+def config(redis_url, ckpt, clips, prefix, **ray):
+    return build_config({
+        "sources": [{"uri": str(c), "id": c.stem} for c in clips],
+        "model": {"name": SMALL_MODEL, "weights": str(ckpt), "device": "cpu", "min_size": 64, "max_size": 128},
+        "ray": {"in_process": True, "poll_interval_s": 0.2, **ray},
+        "redis": {"url": redis_url, "prefix": prefix, "spool_dir": None},
+        "metrics": {"port": 0}, "preview": {"fps": 0}, "status_interval_s": 0,
+    })
+
+
+def run(cfg, client, size):
+    metrics = DriverMetrics(CollectorRegistry())
+    board = StatusBoard(client, cfg.redis.prefix, metrics)
+    report = run_coordinated(cfg, LocalPool(cfg, cfg.redis.url, size=size), board, metrics, lambda i, text: None,
+                             threading.Event())
+    return report, metrics
+
+
+def frames(client, prefix, sid):
+    return [decode_entry(f)["frame"] for _, f in client.xrange(f"{prefix}:detections:{sid}")]
+
+
+def test_streams_spread_over_local_workers_every_frame_once(tmp_path, redis_proc, small_checkpoint):
+    clips = [write_clip(tmp_path / f"c{i}.mp4", frames=20, width=96, height=64, seed=i) for i in range(4)]
+    client = redis_proc.client()
+    cfg = config(redis_proc.url, small_checkpoint, clips, "lp")
+    report, _ = run(cfg, client, size=2)
+    for c in clips:
+        assert frames(client, "lp", c.stem) == list(range(20))
+        assert report.streams[c.stem].state == "finished" and report.streams[c.stem].published == 20
+    assert {client.hget(f"lp:status:{c.stem}", "worker") for c in clips} == {b"0", b"1"}
+
+
+def test_hung_local_worker_is_replaced_and_its_stream_resumes(tmp_path, redis_proc, small_checkpoint, monkeypatch):
+    """The hang rule of a Ray run, in this process: the stuck worker's stream moves, the
+    worker is replaced by a fresh one, nothing is lost or written twice."""
+    marker = tmp_path / "hung"
+    monkeypatch.setenv("FPNSTREAM_FAILPOINTS", f"detector.hang:after=5:once={marker}")
+    clip = write_clip(tmp_path / "h.mp4", frames=60, width=96, height=64, seed=9)
+    client = redis_proc.client()
+    cfg = config(redis_proc.url, small_checkpoint, [clip], "lh", hang_floor_s=2.0)
+    report, metrics = run(cfg, client, size=1)
+    assert marker.exists(), "the failpoint fired"
+    assert frames(client, "lh", "h") == list(range(60))
+    assert client.hget("lh:status:h", "last_move") == b"worker 0 hung"
+    assert metrics.worker_hangs._value.get() == 1
+    assert report.streams["h"].state == "finished"

@@ -1,0 +1,156 @@
+"""The whole pipeline in-process (no Ray): real clips, a real redis-server, real metrics."""
+
+import threading
+import time
+
+import pytest
+from prometheus_client import generate_latest
+
+from fpnstream.detection.backends import InProcessBackend
+from fpnstream.config.settings import BatchConfig, DecodeConfig, ModelConfig, SourceConfig
+from fpnstream.observe.metrics import Metrics, MetricsObserver
+from fpnstream.detection.model import Detector
+from fpnstream.runtime.pipeline import Pipeline
+from fpnstream.publish.schema import decode_entry
+from fpnstream.publish.sink import RedisStreamSink
+from fpnstream.sources import VideoDecoder, resolve_sources
+from tests.conftest import SMALL_MODEL, reference_frames
+
+
+@pytest.fixture(scope="module")
+def detector(small_checkpoint):
+    return Detector.from_config(ModelConfig(name=SMALL_MODEL, weights=str(small_checkpoint), device="cpu", score_threshold=0.3))
+
+
+def make_pipeline(detector, redis_client, sources, metrics, batch=BatchConfig(max_size=4, max_wait_ms=20), queue_size=4,
+                  **options):
+    sink = RedisStreamSink(redis_client, "p", maxlen=0, model_name=detector.model_name)
+    pipeline = Pipeline(InProcessBackend(detector), sink, MetricsObserver(metrics), batch, queue_size, **options)
+    for spec in resolve_sources(sources):
+        sink.claim(spec.stream_id, restart=True)
+        pipeline.add_source(VideoDecoder(spec, DecodeConfig()))
+    return pipeline
+
+
+def test_every_frame_of_every_file_exactly_once_in_order(detector, redis_proc, clips):
+    client = redis_proc.client()
+    metrics = Metrics()
+    names = ["mp4_h264", "mkv_hevc", "webm_vp9", "odd_size"]
+    sources = [SourceConfig(uri=str(clips[n]), id=n) for n in names]
+    report = make_pipeline(detector, client, sources, metrics).run(threading.Event())
+    total_dets = 0
+    for n in names:
+        ref = reference_frames(clips[n])
+        docs = [decode_entry(f) for _, f in client.xrange(f"p:detections:{n}")]
+        assert [d["frame"] for d in docs] == list(range(len(ref)))
+        assert [d["pts"] for d in docs] == pytest.approx([pts for _, pts, _ in ref], abs=1e-9)
+        assert {(d["width"], d["height"]) for d in docs} == {(ref[0][2].shape[1], ref[0][2].shape[0])}
+        assert all(d["model"] == SMALL_MODEL and d["latency_ms"] > 0 for d in docs)
+        total_dets += sum(len(d["detections"]) for d in docs)
+        assert report.streams[n].published == report.streams[n].decoded == len(ref)
+        assert metrics.frames_published.labels(n)._value.get() == len(ref)
+        assert metrics.frames_decoded.labels(n)._value.get() == len(ref)
+    assert total_dets > 100  # the calibrated checkpoint fires
+    text = generate_latest(metrics.registry).decode()
+    for stage in ("decode", "batch_wait", "preprocess", "inference", "postprocess", "publish"):
+        assert f'fpnstream_stage_seconds_count{{stage="{stage}"}}' in text
+        count = float(text.split(f'fpnstream_stage_seconds_count{{stage="{stage}"}} ')[1].split()[0])
+        assert count > 0, stage
+    assert "fpnstream_batch_size_count" in text and "fpnstream_end_to_end_seconds_bucket" in text
+
+
+def test_fps_sampling_counts_sampled_frames(detector, redis_proc, clips):
+    client = redis_proc.client()
+    metrics = Metrics()
+    src = [SourceConfig(uri=str(clips["mp4_h264"]), id="s", fps=10)]
+    report = make_pipeline(detector, client, src, metrics).run(threading.Event())
+    frames = [decode_entry(f)["frame"] for _, f in client.xrange("p:detections:s")]
+    assert frames == list(range(0, 24, 3))
+    assert report.streams["s"].dropped == {"sampled": 16}
+    assert metrics.frames_dropped.labels("s", "sampled")._value.get() == 16
+
+
+def test_truncated_file_publishes_decodable_frames_and_warns(detector, redis_proc, clips):
+    client = redis_proc.client()
+    report = make_pipeline(detector, client, [SourceConfig(uri=str(clips["truncated_mkv"]), id="t")], Metrics()).run(threading.Event())
+    n = len(reference_frames(clips["truncated_mkv"]))
+    assert client.xlen("p:detections:t") == n == report.streams["t"].published
+    assert "truncated" in report.streams["t"].warning
+
+
+def test_stop_drains_what_was_decoded(detector, redis_proc, tmp_path):
+    from fpnstream.devtools.synthetic import write_clip
+
+    long_clip = write_clip(tmp_path / "long.mp4", frames=300, width=160, height=120)
+    client = redis_proc.client()
+    stop = threading.Event()
+    pipeline = make_pipeline(detector, client, [SourceConfig(uri=str(long_clip), id="l")], Metrics())
+    threading.Timer(1.0, stop.set).start()
+    t = time.monotonic()
+    report = pipeline.run(stop)
+    assert time.monotonic() - t < 30
+    frames = [decode_entry(f)["frame"] for _, f in client.xrange("p:detections:l")]
+    assert 0 < len(frames) < 300
+    assert frames == list(range(len(frames)))  # contiguous: nothing accepted was lost
+    r = report.streams["l"]
+    assert r.published == len(frames)
+    # Every decoded frame is published, or counted as decoded after the stop (at most one).
+    assert r.decoded == r.published + r.dropped.get("stopped", 0) and r.dropped.get("stopped", 0) <= 1
+
+
+def test_sink_failure_stops_the_run_with_the_error(detector, redis_proc, clips):
+    from fpnstream.core.errors import SinkError
+
+    client = redis_proc.client()
+    pipeline = make_pipeline(detector, client, [SourceConfig(uri=str(clips["mp4_h264"]), id="x")], Metrics(),
+                             outage_wait_s=2.0)
+    redis_proc.stop()
+    with pytest.raises(SinkError, match="still unreachable after 2 s; 24 frame"):
+        pipeline.run(threading.Event())
+
+
+def test_a_failing_source_affects_only_its_stream(detector, redis_proc, clips):
+    """A live source that serves garbage keeps failing and backing off, alone; the file
+    next to it is complete."""
+    import socket
+
+    from fpnstream.core.backoff import Backoff
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    port = srv.getsockname()[1]
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.sendall(b"\x00garbage, not a video stream\xff" * 2000)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    client = redis_proc.client()
+    sources = [SourceConfig(uri=str(clips["mp4_h264"]), id="good"), SourceConfig(uri=f"tcp://127.0.0.1:{port}", id="bad")]
+    pipeline = make_pipeline(detector, client, sources, Metrics(), backoff=lambda: Backoff(0.05, 0.2))
+    stop = threading.Event()
+    out = {}
+    runner = threading.Thread(target=lambda: out.setdefault("report", pipeline.run(stop)))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (pipeline.snapshot()["good"].state == "finished" and pipeline.snapshot()["bad"].reconnects >= 2):
+            assert time.monotonic() < deadline, pipeline.snapshot()
+            time.sleep(0.1)
+        bad = pipeline.snapshot()["bad"]
+        assert bad.state in ("connecting", "backing_off") and "not a readable video" in bad.error
+    finally:
+        stop.set()
+        runner.join(30)
+        srv.close()
+    report = out["report"]
+    assert report.streams["good"].state == "finished"
+    n = len(reference_frames(clips["mp4_h264"]))
+    assert [decode_entry(f)["frame"] for _, f in client.xrange("p:detections:good")] == list(range(n))
+    assert client.xlen("p:detections:bad") == 0
