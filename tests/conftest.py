@@ -163,12 +163,23 @@ def start_run(*args: str, env: dict | None = None) -> subprocess.Popen:
 
 def wait_for(cond, proc: subprocess.Popen | None = None, timeout: float = 120, what: str = "condition"):
     deadline = time.monotonic() + timeout
-    while not cond():
+    while not _holds(cond, proc):
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"run exited early ({proc.returncode}) waiting for {what}:\n{proc.stderr.read()[-4000:]}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+def _holds(cond, proc: subprocess.Popen | None) -> bool:
+    """`cond()`, but an error while the run has already exited reports the exit (and its
+    stderr) rather than the symptom, e.g. a reset connection to its closing HTTP server."""
+    try:
+        return bool(cond())
+    except Exception:
+        if proc is not None and proc.poll() is not None:
+            return False
+        raise
 
 
 def run_cli(*args: str, timeout: float = 240, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -40,6 +40,12 @@ def connect(url: str, socket_timeout_s: float = 10.0) -> redis.Redis:
     return client
 
 
+def lazy_client(url: str, socket_timeout_s: float = 10.0) -> redis.Redis:
+    """A client that connects on first use: for workers, whose driver has already checked the
+    URL and credentials, and which must load (and buffer results) while Redis is away."""
+    return redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
+
+
 def _redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:

@@ -23,7 +23,7 @@ class StatusBoard:
         self._prefix = prefix
         self._metrics = driver_metrics
         self.link = RedisLink(client, on_down=self._down, on_up=lambda: driver_metrics.redis_up.set(1))
-        self._control_last: bytes | str = "$"
+        self._control_last: bytes | str | None = None  # None: not yet known (Redis away at start)
 
     def _down(self) -> None:
         self._metrics.redis_up.set(0)
@@ -55,12 +55,17 @@ class StatusBoard:
 
     # -- the control channel ---------------------------------------------------------------
     def start_control(self) -> None:
-        """Only commands sent after the job started count."""
-        last = self._client.xrevrange(control_key(self._prefix), count=1)
-        self._control_last = last[0][0] if last else "0-0"
+        """Only commands sent after the job started count. With Redis away now, the channel's
+        end is read when it is back (nothing can be sent meanwhile)."""
+        last = self.link.call(self._client.xrevrange, control_key(self._prefix), count=1)
+        if last is not None:
+            self._control_last = last[0][0] if last else "0-0"
 
     def read_commands(self) -> list[dict[str, str]]:
         """New commands; during an outage none, and the next read starts where this one was."""
+        if self._control_last is None:
+            self.start_control()
+            return []
         reply = self.link.call(self._client.xread, {control_key(self._prefix): self._control_last}, count=100, block=None)
         out = []
         for _key, entries in reply or []:

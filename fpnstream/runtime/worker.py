@@ -18,7 +18,7 @@ import fpnstream
 from fpnstream.config.settings import AppConfig
 from fpnstream.core.reports import WorkerInfo, WorkerStatus
 from fpnstream.observe.metrics import Metrics
-from fpnstream.publish.connection import connect
+from fpnstream.publish.connection import lazy_client
 from fpnstream.publish.sink import RedisStreamSink
 from fpnstream.runtime.build import build_pipeline
 from fpnstream.sources import SourceSpec, VideoDecoder
@@ -44,7 +44,7 @@ class StreamWorker:
 
         cfg = self._cfg
         detector = Detector.from_config(cfg.model)
-        client = connect(self._redis_url, cfg.redis.socket_timeout_s)
+        client = lazy_client(self._redis_url, cfg.redis.socket_timeout_s)  # Redis may be away: load anyway
         self._sink = RedisStreamSink(client, cfg.redis.prefix, cfg.redis.maxlen, detector.model_name)
         self._metrics.build_info.info({"version": fpnstream.__version__, "model": detector.model_name, "device": str(detector.device)})
         # The worker process's entry point: the one place it reads failpoints (inert unless set).
