@@ -31,7 +31,7 @@ class Batch:
     waits: list[float]  # seconds each frame spent queued before its batch closed
 
 
-DropHook = Callable[[str, str], None]  # (stream_id, reason)
+DropHook = Callable[[str, str, int], None]  # (stream_id, reason, frames)
 
 
 class FrameMux:
@@ -58,7 +58,7 @@ class FrameMux:
         self._wall_clock = wall_clock
         self._queues: dict[str, _StreamQueue] = {}
         self._cond = threading.Condition()
-        self._on_drop = on_drop or (lambda stream, reason: None)
+        self._on_drop = on_drop or (lambda stream, reason, n: None)
         self._clock = clock
         self._rr = 0
         self._shutdown = False
@@ -82,7 +82,7 @@ class FrameMux:
                     return False
             elif len(q.items) >= q.capacity:
                 q.items.popleft()
-                self._on_drop(frame.stream_id, "queue_full")
+                self._on_drop(frame.stream_id, "queue_full", 1)
             q.items.append((frame, self._clock()))
             self._cond.notify_all()
             return True
@@ -131,10 +131,26 @@ class FrameMux:
             if q.policy is DropPolicy.DROP_OLDEST:
                 while q.items and q.items[0][0].capture_ts < cutoff:
                     q.items.popleft()
-                    self._on_drop(sid, "stale")
+                    self._on_drop(sid, "stale", 1)
+
+    def _skip_behind(self, limit: int) -> None:
+        """Newest first under overload: a live stream holding more frames than its share of
+        this batch is behind; its oldest frames are skipped (reason `behind`) so the batch
+        gets its newest ones, instead of frames that aged in the queue while the detector was
+        busy. A detector that keeps up sees at most a share queued and skips nothing."""
+        busy = [q for q in self._queues.values() if q.items]
+        share = max(1, limit // max(len(busy), 1))
+        for sid, q in self._queues.items():
+            if q.policy is DropPolicy.DROP_OLDEST and len(q.items) > share:
+                excess = len(q.items) - share
+                for _ in range(excess):
+                    q.items.popleft()
+                self._on_drop(sid, "behind", excess)
 
     def _take_round_robin(self, out: list[tuple[Frame, float]], limit: int) -> None:
         self._skip_stale()
+        if not out:  # only when a batch opens: frames that arrive while it fills are fresh
+            self._skip_behind(limit)
         ids = list(self._queues)
         while len(out) < limit and self._has_frames():
             for k in range(len(ids)):

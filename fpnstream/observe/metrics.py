@@ -16,7 +16,8 @@ from fpnstream.core.observer import PipelineObserver
 from fpnstream.core.errors import FpnstreamError
 
 # From 1 ms (a Redis pipeline) to 30 s (a big batch on a CPU).
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 5.0, 10.0, 30.0)
+# 1.0-2.0 s in quarter steps: the default freshness limit (2 s) can be read off the histogram.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 STAGES = ("decode", "batch_wait", "preprocess", "inference", "postprocess", "publish")

@@ -41,7 +41,7 @@ def test_batch_closes_at_deadline_when_streams_are_silent():
 
 def test_drop_oldest_counts_and_keeps_newest():
     drops = []
-    mux = FrameMux(on_drop=lambda s, r: drops.append((s, r)))
+    mux = FrameMux(on_drop=lambda s, r, n: drops.append((s, r)))
     mux.add_stream("cam", 3, DropPolicy.DROP_OLDEST)
     for i in range(7):
         assert mux.put(frame("cam", i))
@@ -126,7 +126,7 @@ def test_many_streams_all_frames_exactly_once_in_order(streams):
 def test_stale_live_frames_skipped_when_forming_a_batch():
     drops = []
     now = [1000.0]
-    mux = FrameMux(on_drop=lambda s, r: drops.append((s, r)), stale_after_s=0.5, wall_clock=lambda: now[0])
+    mux = FrameMux(on_drop=lambda s, r, n: drops.append((s, r)), stale_after_s=0.5, wall_clock=lambda: now[0])
     mux.add_stream("live", 10, DropPolicy.DROP_OLDEST)
     mux.add_stream("file", 10, DropPolicy.BLOCK)
     for i, ts in enumerate([998.0, 999.0, 999.8, 999.9]):
@@ -135,3 +135,36 @@ def test_stale_live_frames_skipped_when_forming_a_batch():
     batch = mux.take_batch(10, 0)
     assert sorted((f.stream_id, f.index) for f in batch.frames) == [("file", 0), ("live", 2), ("live", 3)]
     assert drops == [("live", "stale"), ("live", "stale")]
+
+
+def test_live_stream_behind_gets_its_newest_frames_and_skips_are_counted():
+    """Three cameras and a file queued 5 frames each while the detector was busy: a batch of
+    6 has a share of 1 per stream, so it takes each camera's newest frame and counts the 4
+    skipped per camera as `behind`; the file loses nothing and fills the rest."""
+    drops = []
+    mux = FrameMux(on_drop=lambda s, r, n: drops.append((s, r, n)))
+    for s in ("a", "b", "c"):
+        mux.add_stream(s, 16, DropPolicy.DROP_OLDEST)
+        for i in range(5):
+            mux.put(frame(s, i))
+    mux.add_stream("file", 16, DropPolicy.BLOCK)
+    for i in range(5):
+        mux.put(frame("file", i))
+    batch = mux.take_batch(max_size=6, max_wait_s=0)
+    live = [(f.stream_id, f.index) for f in batch.frames if f.stream_id != "file"]
+    assert sorted(drops) == [("a", "behind", 4), ("b", "behind", 4), ("c", "behind", 4)]
+    assert all(i == 4 for _, i in live)  # share is 6 // 4 streams = 1: the newest of each
+    assert [f.index for f in batch.frames if f.stream_id == "file"] == [0, 1, 2]  # files lose nothing
+
+
+def test_live_stream_that_keeps_up_skips_nothing():
+    drops = []
+    mux = FrameMux(on_drop=lambda s, r, n: drops.append((s, r, n)))
+    mux.add_stream("cam", 16, DropPolicy.DROP_OLDEST)
+    for i in range(3):
+        mux.put(frame("cam", i))
+        assert [f.index for f in mux.take_batch(max_size=4, max_wait_s=0).frames] == [i]
+    mux.put(frame("cam", 3))
+    mux.put(frame("cam", 4))
+    assert [f.index for f in mux.take_batch(max_size=4, max_wait_s=0).frames] == [3, 4]
+    assert drops == []
