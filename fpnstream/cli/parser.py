@@ -31,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--classes", help="comma-separated allow-list, e.g. person,car")
     run.add_argument("--min-size", type=int, help="resize: shorter side (model default if unset)")
     run.add_argument("--max-size", type=int, help="resize: longer side cap")
+    run.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"],
+                     help="fp32 (default, exact); fp16/bf16 on CUDA; int8 box head on CPU (see `fpnstream bench`)")
+    run.add_argument("--compile", action="store_true", default=None,
+                     help="torch.compile the backbone and RPN head (warm up sizes with model.warmup_sizes)")
+    run.add_argument("--track", action="store_true", default=None,
+                     help="track objects in every stream (track_id in detections; see `tracking:` in the config)")
     run.add_argument("--batch-size", type=int)
     run.add_argument("--batch-wait-ms", type=float)
     run.add_argument("--metrics-port", type=int, help="Prometheus port (0 disables)")
@@ -69,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     s_add = ssub.add_parser("add", help="add a stream: [ID=]URI; write passwords as ${VAR} (expanded by the job)")
     s_add.add_argument("source", metavar="[ID=]URI")
     s_add.add_argument("--fps", type=float)
+    s_add.add_argument("--track", action="store_true", help="track objects in this stream (track_id in detections)")
+    s_add.add_argument("--zone", action="append", metavar="NAME:x,y;x,y;x,y",
+                       help="a polygon zone in frame pixels (enter/exit events, occupancy); repeatable")
+    s_add.add_argument("--line", action="append", metavar="NAME:x1,y1;x2,y2",
+                       help="a counting line; crossing left-to-right of start->end is `in`; repeatable")
     s_rm = ssub.add_parser("remove", help="stop a stream")
     s_rm.add_argument("id")
     s_ls = ssub.add_parser("list", help="state, fps, drops and last error per stream")
@@ -83,9 +94,14 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     bench.add_argument("--redis-url", help="default: an embedded Redis")
     bench.add_argument("--no-ray", action="store_true", help="skip the Ray run")
-    bench.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
-                       help="pipeline precision on CUDA (checked against fp32: >= 95 %% of boxes kept)")
-    bench.add_argument("--channels-last", action="store_true", help="pipeline backbone in NHWC on CUDA")
+    bench.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32",
+                       help="fast-mode precision: fp16/bf16 on CUDA, int8 box head on CPU (checked against fp32: "
+                            ">= 95 %% of boxes kept)")
+    bench.add_argument("--channels-last", action="store_true", help="fast mode: backbone in NHWC")
+    bench.add_argument("--compile", action="store_true", help="fast mode: torch.compile, warmed up for --size")
+    bench.add_argument("--feed", action="store_true",
+                       help="measure the host side instead: the pipeline with a zero-cost stand-in detector vs. "
+                            "PyAV decoding alone (no model)")
     bench.add_argument("--load", type=float, default=0.5,
                        help="also measure latency with the clips paced at this share of the in-process throughput (0: skip)")
     bench.add_argument("--load-seconds", type=float, default=20.0, help="length of the paced run")
@@ -139,6 +155,9 @@ def run_overrides(a: argparse.Namespace) -> dict[str, Any]:
         "model.classes": a.classes,
         "model.min_size": a.min_size,
         "model.max_size": a.max_size,
+        "model.precision": a.precision,
+        "model.compile": a.compile,
+        "tracking.enabled": a.track,
         "batch.max_size": a.batch_size,
         "batch.max_wait_ms": a.batch_wait_ms,
         "metrics.port": a.metrics_port,

@@ -39,6 +39,27 @@ def _tail_client(a: argparse.Namespace):
     return connect(embedded.url, cfg.redis.socket_timeout_s), cfg, embedded
 
 
+def stream_analytics(zones: list[str] | None, lines: list[str] | None, track: bool) -> dict:
+    """--zone/--line/--track of `streams add`, checked here so a typo fails before it is sent."""
+    from pydantic import ValidationError
+
+    from fpnstream.config.analytics import parse_line, parse_zone
+    from fpnstream.config.settings import SourceConfig
+
+    try:
+        out = {"zones": [parse_zone(z) for z in zones or ()], "lines": [parse_line(ln) for ln in lines or ()]}
+        if track:
+            out["tracking"] = {"enabled": True}
+        SourceConfig(uri="check", **out)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"streams add: {where}: {err['msg']}") from None
+    except ValueError as e:
+        raise ConfigError(f"streams add: {e}") from None
+    return {k: v for k, v in out.items() if v}
+
+
 def cmd_streams(a: argparse.Namespace) -> int:
     from fpnstream.publish.control import read_status, send_add, send_remove
     from fpnstream.sources.spec import parse_source_arg
@@ -49,7 +70,8 @@ def cmd_streams(a: argparse.Namespace) -> int:
             src = parse_source_arg(a.source)
             if a.fps is not None and a.fps <= 0:
                 raise ConfigError("--fps must be > 0")
-            send_add(client, prefix, src.id, src.uri, a.fps)
+            analytics = stream_analytics(a.zone, a.line, a.track)
+            send_add(client, prefix, src.id, src.uri, a.fps, analytics)
             print(f"fpnstream: asked the job to add {redact_text(src.uri)}", file=sys.stderr)
         elif a.streams_command == "remove":
             send_remove(client, prefix, a.id)

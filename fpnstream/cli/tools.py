@@ -51,11 +51,19 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if not 0 <= a.load <= 1 or a.load_seconds <= 0:
         raise ConfigError("bench: --load must be within 0..1 and --load-seconds > 0")
     setup_logging("WARNING")
+    if a.feed:
+        from fpnstream.devtools.feed import feed_bench, feed_markdown
+
+        with progress_bar("feed bench") as on_step:
+            doc = feed_bench(a.clips, a.frames, w, h, a.batch_size, Path(a.out), on_step=on_step)
+        print(feed_markdown(doc))
+        return 0
+    from fpnstream.devtools.bench import FastMode
+    from fpnstream.devtools.bench_report import markdown
+
     with progress_bar("bench") as on_step:
         doc = bench(a.clips, a.frames, w, h, a.model, a.batch_size, a.redis_url, not a.no_ray, Path(a.out), a.device,
-                    a.precision, a.channels_last, a.load, a.load_seconds, on_step=on_step)
-    from fpnstream.devtools.bench import markdown
-
+                    FastMode(a.precision, a.channels_last, a.compile), a.load, a.load_seconds, on_step=on_step)
     print(markdown(doc))
     return 0
 

@@ -8,6 +8,8 @@ index wins. Every source frame is written, annotated where an entry exists.
 
 from __future__ import annotations
 
+from collections import deque
+
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,8 @@ from PIL import Image
 
 from fpnstream.config.settings import DecodeConfig
 from fpnstream.publish.draw import contact_sheet, draw_detections
+
+TRAIL_FRAMES = 30  # a tracked object's last positions drawn behind it
 from fpnstream.core.errors import FpnstreamError, SinkError
 from fpnstream.publish.schema import SchemaError, decode_entry
 from fpnstream.publish.keys import stream_key
@@ -92,6 +96,15 @@ def _pick(indices: list[int], n: int) -> set[int]:
     return {indices[round(i * step)] for i in range(n)}
 
 
+
+def _extend_trails(trails: dict[int, deque], detections: list[dict]) -> None:
+    """Each track's recent bottom-centre points; tracks not seen this frame keep theirs."""
+    for d in detections:
+        tid = d.get("track_id")
+        if tid is not None:
+            x1, _, x2, y2 = d["box"]
+            trails.setdefault(tid, deque(maxlen=TRAIL_FRAMES)).append(((x1 + x2) / 2, y2))
+
 def annotate(client: redis.Redis, prefix: str, stream_id: str, source: Path, out: Path,
              sheet: Path | None = None, sheet_frames: int = 6,
              on_frame: Callable[[int, int | None], None] = lambda done, total: None) -> AnnotateReport:
@@ -114,6 +127,7 @@ def annotate(client: redis.Redis, prefix: str, stream_id: str, source: Path, out
     with_boxes = sorted(i for i, d in entries.items() if d["detections"]) or sorted(entries)
     chosen = _pick(with_boxes, sheet_frames)
     sheet_images: list[tuple[int, Image.Image, int]] = []
+    trails: dict[int, deque] = {}
     writer = None
     written = annotated = 0
     try:
@@ -123,7 +137,9 @@ def annotate(client: redis.Redis, prefix: str, stream_id: str, source: Path, out
                 raise FpnstreamError(
                     f"stream {stream_id!r} was made from {doc['width']}x{doc['height']} frames, but {source} has "
                     f"{frame.width}x{frame.height}: wrong --source for this stream?")
-            img = draw_detections(frame.image, doc["detections"]) if doc else Image.fromarray(frame.image)
+            if doc:
+                _extend_trails(trails, doc["detections"])
+            img = draw_detections(frame.image, doc["detections"], trails=trails) if doc else Image.fromarray(frame.image)
             annotated += doc is not None
             on_frame(frame.index + 1, decoder.expected_frames)
             if as_video:

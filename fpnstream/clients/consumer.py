@@ -69,6 +69,10 @@ def result_from_entry(key: str, entry_id: str, fields: dict, reclaimed: bool = F
         scores=np.asarray([d["score"] for d in dets], dtype=np.float32),
         labels=np.asarray([d["label"] for d in dets], dtype=np.int64),
         names=tuple(d.get("name", "") for d in dets),
+        # track_id: null (no confirmed track) -> -1; absent everywhere (entries written
+        # before tracking existed, or an untracked stream) -> None
+        track_ids=(np.asarray([-1 if d.get("track_id") is None else d["track_id"] for d in dets], dtype=np.int64)
+                   if any("track_id" in d for d in dets) else None),
     )
     meta = FrameMeta(doc["stream"], doc["frame"], doc["pts"], doc["ts"], doc["width"], doc["height"], doc["gap"])
     return FrameResult(entry_id, key, meta, detections, doc["model"], doc["latency_ms"], reclaimed, doc["run"])

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fpnstream.config.analytics import LineConfig, TrackingConfig, TrackingOverride, ZoneConfig
 
 from fpnstream.core.errors import ConfigError
 from fpnstream.core.ids import STREAM_ID
@@ -23,6 +25,16 @@ class SourceConfig(_Strict):
     id: str | None = Field(default=None, pattern=f"^{STREAM_ID}$")
     fps: float | None = Field(default=None, gt=0, le=1000, description="sample down to this rate")
     realtime: bool = Field(default=False, description="files: emit frames at their recorded rate, like a camera")
+    tracking: TrackingOverride | None = Field(default=None, description="per-stream changes to `tracking:`")
+    zones: tuple[ZoneConfig, ...] = Field(default=(), description="polygons: enter/exit events and occupancy")
+    lines: tuple[LineConfig, ...] = Field(default=(), description="lines: cross events with a direction")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> SourceConfig:
+        names = [z.name for z in self.zones] + [ln.name for ln in self.lines]
+        if len(names) != len(set(names)):
+            raise ValueError("zone and line names of a stream must be unique")
+        return self
 
 
 class DecodeConfig(_Strict):
@@ -70,9 +82,14 @@ class ModelConfig(_Strict):
     lanes: int | None = Field(
         default=None, ge=1, le=64,
         description="forward passes run at once; default: on a CPU one per thread (each single-threaded), on CUDA 1")
-    precision: Literal["fp32", "fp16", "bf16"] = Field(
-        default="fp32", description="CUDA only: autocast to fp16/bf16 (check accuracy with `fpnstream bench`)")
-    channels_last: bool = Field(default=False, description="CUDA only: NHWC memory layout for the backbone")
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = Field(
+        default="fp32", description="fp32 (exact torchvision parity); CUDA: autocast fp16/bf16; CPU: int8 box head "
+                                    "(check accuracy with `fpnstream bench`)")
+    channels_last: bool = Field(default=False, description="NHWC memory layout for the backbone")
+    compile: bool = Field(default=False, description="torch.compile the backbone and RPN head (static shape per "
+                                                      "frame size; reduce-overhead/CUDA graphs on CUDA)")
+    warmup_sizes: tuple[str, ...] = Field(
+        default=(), description="frame sizes WxH to run once at load (compiles them), e.g. [1280x720]")
 
     @field_validator("name")
     @classmethod
@@ -80,6 +97,16 @@ class ModelConfig(_Strict):
         if v not in MODEL_NAMES:
             raise ValueError(f"unknown model {v!r}; choose one of {', '.join(MODEL_NAMES)}")
         return v
+
+    @field_validator("warmup_sizes", mode="before")
+    @classmethod
+    def _sizes(cls, v: Any) -> Any:
+        items = [v] if isinstance(v, str) else list(v or ())
+        for item in items:
+            w, _, h = str(item).partition("x")
+            if not (w.isdigit() and h.isdigit() and 0 < int(w) <= 8192 and 0 < int(h) <= 8192):
+                raise ValueError(f"frame size {item!r} is not WxH, e.g. 1280x720")
+        return tuple(str(i) for i in items)
 
     @field_validator("classes", mode="before")
     @classmethod
@@ -146,6 +173,7 @@ class AppConfig(_Strict):
     redis: RedisConfig = RedisConfig()
     metrics: MetricsConfig = MetricsConfig()
     preview: PreviewConfig = PreviewConfig()
+    tracking: TrackingConfig = TrackingConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     stop_grace_s: float = Field(default=30.0, gt=0, le=3600, description="on SIGTERM: time to drain before exit")
     keep_alive: bool = Field(default=False, description="keep running when every source has ended (streams added at runtime)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 
@@ -55,10 +56,14 @@ class Detections:
     scores: np.ndarray  # (N,) float32
     labels: np.ndarray  # (N,) int64
     names: tuple[str, ...] = field(default=())
+    # (N,) int64 when the stream is tracked: the track id, -1 for a detection on no
+    # confirmed track; None when the stream is not tracked.
+    track_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.scores)
-        if self.boxes.shape != (n, 4) or len(self.labels) != n or len(self.names) != n:
+        if (self.boxes.shape != (n, 4) or len(self.labels) != n or len(self.names) != n
+                or (self.track_ids is not None and len(self.track_ids) != n)):
             raise ValueError(
                 f"misaligned detections: boxes {self.boxes.shape}, scores {n}, "
                 f"labels {len(self.labels)}, names {len(self.names)}"
@@ -72,9 +77,10 @@ class Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), ())
 
     def to_json_list(self) -> list[dict]:
+        tids = [None] * len(self) if self.track_ids is None else [int(t) if t >= 0 else None for t in self.track_ids]
         return [
-            {"box": [float(v) for v in box], "score": float(score), "label": int(label), "name": name}
-            for box, score, label, name in zip(self.boxes, self.scores, self.labels, self.names)
+            {"box": [float(v) for v in box], "score": float(score), "label": int(label), "name": name, "track_id": tid}
+            for box, score, label, name, tid in zip(self.boxes, self.scores, self.labels, self.names, tids)
         ]
 
 
@@ -88,7 +94,18 @@ class StageTimes:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamAnalytics:
+    """A tracked stream after a batch: its state to save with the batch (JSON, restored when
+    the stream moves or the job restarts) and its zones' occupancy by class."""
+
+    state: bytes  # fpnstream.analytics.tracker_state: compressed JSON, never pickle
+    occupancy: tuple[tuple[str, str, int], ...] = ()  # (zone, class name, tracks inside)
+
+
+@dataclass(frozen=True, slots=True)
 class BatchResult:
     metas: tuple[FrameMeta, ...]
     detections: tuple[Detections, ...]
     times: StageTimes
+    events: tuple = ()  # fpnstream.core.events.Event, in frame order per stream
+    analytics: Mapping[str, StreamAnalytics] = field(default_factory=dict)  # tracked streams only

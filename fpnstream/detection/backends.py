@@ -9,7 +9,6 @@ import time
 from concurrent.futures import Future
 from typing import Callable, Protocol, Sequence
 
-from fpnstream.config.settings import ModelConfig, RayConfig
 from fpnstream.core.failpoints import NO_FAILPOINTS, Failpoints
 from fpnstream.core.frames import BatchResult, Frame, StageTimes
 from fpnstream.core.health import DetectorProgress
@@ -29,10 +28,7 @@ class DetectorBackend(Protocol):
 
     def submit(self, frames: Sequence[Frame], admit: Admit | None = None) -> Future[BatchResult]: ...
 
-    def progress(self) -> DetectorProgress:
-        with self._progress_lock:
-            oldest = min(self._running.values(), default=None)
-            return DetectorProgress(0.0 if oldest is None else time.monotonic() - oldest, self._batch_s)
+    def progress(self) -> DetectorProgress: ...
 
     def close(self) -> None: ...
 
@@ -59,11 +55,6 @@ class InProcessBackend:
         self.model_name = detector.model_name
         self.device = str(detector.device)
         self.max_inflight = max(max_inflight, detector.lanes + 1)  # every lane busy, one batch ready
-
-    @classmethod
-    def from_config(cls, model_cfg: ModelConfig, ray_cfg: RayConfig, gpu_memory=None,
-                    failpoints: Failpoints = NO_FAILPOINTS) -> InProcessBackend:
-        return cls(Detector.from_config(model_cfg), ray_cfg.max_inflight_per_actor, gpu_memory, failpoints)
 
     def submit(self, frames: Sequence[Frame], admit: Admit | None = None) -> Future[BatchResult]:
         return self._pool.submit(self._detect, list(frames), admit)

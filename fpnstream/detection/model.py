@@ -172,38 +172,6 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: st
         )
 
 
-def _to_fp32(out: Any) -> Any:
-    if isinstance(out, torch.Tensor):
-        return out.float()
-    if isinstance(out, dict):
-        return type(out)((k, _to_fp32(v)) for k, v in out.items())
-    if isinstance(out, (list, tuple)):
-        return type(out)(_to_fp32(v) for v in out)
-    return out
-
-
-class _LowPrecision(torch.nn.Module):
-    """Runs a dense sub-network under autocast and hands fp32 back to the rest."""
-
-    def __init__(self, inner: torch.nn.Module, dtype: torch.dtype, device_type: str = "cuda") -> None:
-        super().__init__()
-        self.inner = inner
-        self.dtype = dtype
-        self.device_type = device_type
-        self.out_channels = getattr(inner, "out_channels", None)
-
-    def forward(self, *args: Any) -> Any:
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            return _to_fp32(self.inner(*args))
-
-
-def use_low_precision(model: torch.nn.Module, dtype: torch.dtype, device_type: str) -> None:
-    model.backbone = _LowPrecision(model.backbone, dtype, device_type)
-    model.rpn.head = _LowPrecision(model.rpn.head, dtype, device_type)
-    model.roi_heads.box_head = _LowPrecision(model.roi_heads.box_head, dtype, device_type)
-    model.roi_heads.box_predictor = _LowPrecision(model.roi_heads.box_predictor, dtype, device_type)
-
-
 class Detector:
     """Runs one batch of frames through the model and returns aligned detections per frame.
 
@@ -224,6 +192,7 @@ class Detector:
         precision: str = "fp32",
         channels_last: bool = False,
         lanes: int = 1,
+        compile: bool = False,
     ) -> None:
         """`lanes`: how many threads may call `detect` at once (the model is shared)."""
         self.lanes = lanes
@@ -233,23 +202,14 @@ class Detector:
         self.device = device
         self.max_detections = max_detections
         self._allowed = None if allowed_labels is None else torch.tensor(sorted(allowed_labels), device=device)
-        cuda = device.type == "cuda"
-        if (precision != "fp32" or channels_last) and not cuda:
-            log.warning("precision %s / channels_last apply on CUDA only; running fp32 on %s", precision, device)
-        self.precision = precision if cuda else "fp32"
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
-        if dtype is not None:
-            # Only the dense layers run in low precision. Anchors, box decoding, NMS and the
-            # final boxes stay fp32: in fp16, NMS's per-class coordinate offsets overflow for
-            # high class ids on large frames, and bf16 boxes would be rounded to 8-16 px.
-            use_low_precision(self.model, dtype, device.type)
-        self._memory_format = torch.channels_last if cuda and channels_last else torch.contiguous_format
-        if self._memory_format is torch.channels_last:
-            self.model.backbone.to(memory_format=torch.channels_last)
+        from fpnstream.detection.acceleration import accelerate
+
+        self.precision, self._memory_format = accelerate(self.model, device, precision, channels_last, compile)
         self._local = threading.local()  # pinned buffers per lane: each lane syncs only its own copies
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig) -> Detector:
+    def from_config(cls, cfg: ModelConfig, max_batch: int = 1) -> Detector:
+        """`max_batch`: the largest batch the pipeline forms (warm-up compiles it and 1)."""
         from fpnstream.detection.lanes import configure_torch_threads, plan_threads
 
         device = resolve_device(cfg.device)
@@ -264,7 +224,13 @@ class Detector:
             if unknown:
                 raise ModelError(f"unknown class name(s) in allow-list: {', '.join(unknown)}")
             allowed = frozenset(i for i, n in enumerate(names) if n in cfg.classes)
-        return cls(model, names, cfg.name, device, cfg.max_detections, allowed, cfg.precision, cfg.channels_last, lanes)
+        detector = cls(model, names, cfg.name, device, cfg.max_detections, allowed, cfg.precision, cfg.channels_last,
+                       lanes, cfg.compile)
+        if cfg.warmup_sizes:
+            from fpnstream.detection.acceleration import warm_up
+
+            warm_up(detector, [tuple(int(x) for x in s.split("x")) for s in cfg.warmup_sizes], sorted({1, max_batch}))
+        return detector
 
     @torch.inference_mode()
     def detect(self, frames: Sequence[Frame]) -> BatchResult:

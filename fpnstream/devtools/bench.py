@@ -123,51 +123,31 @@ def _from_redis(redis_url: str, prefix: str) -> tuple[dict[str, float], float]:
     return _percentiles([d["latency_ms"] for d in docs]), span
 
 
-def measured_peak_flops(device: str) -> float:
-    """Dense fp32 matmul throughput: an empirical peak for a device without a spec sheet."""
-    import torch
+def _decode(path: Path, n: int) -> list:
+    from fpnstream.config.settings import DecodeConfig
+    from fpnstream.sources.decoder import VideoDecoder
+    from fpnstream.sources.spec import SourceSpec
 
-    dev = torch.device(device)
-    a = torch.randn(2048, 2048, device=dev)
-    b = torch.randn(2048, 2048, device=dev)
-    for _ in range(2):
-        a @ b
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    reps = 10
-    for _ in range(reps):
-        a @ b
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * 2048**3 * reps / (time.perf_counter() - t)
-
-
-def gflops_per_frame(model_name: str) -> tuple[float, str]:
-    from fpnstream.detection.model import ARCHS
-
-    w = ARCHS[model_name].weights.DEFAULT
-    return float(w.meta["_ops"]), f"torchvision's `{w}` metadata (`_ops`, GFLOPs per image at its reference size)"
+    decoder = VideoDecoder(SourceSpec("check", str(path), live=False), DecodeConfig())
+    decoder.open()
+    try:
+        return [f for _, f in zip(range(n), decoder.frames())]
+    finally:
+        decoder.close()
 
 
 def accuracy_check(paths: list[Path], model_cfg: ModelConfig, frames: int = 16) -> dict:
     """fp32 against the configured precision/layout, same frames, same weights."""
     from fpnstream.detection.accuracy import REQUIRED_MATCH_RATE, match_rate
-    from fpnstream.config.settings import DecodeConfig
     from fpnstream.detection.model import Detector
-    from fpnstream.sources.decoder import VideoDecoder
-    from fpnstream.sources.spec import SourceSpec
 
-    decoder = VideoDecoder(SourceSpec("check", str(paths[0]), live=False), DecodeConfig())
-    decoder.open()
-    try:
-        sample = [f for _, f in zip(range(frames), decoder.frames())]
-    finally:
-        decoder.close()
-    fp32 = Detector.from_config(model_cfg.model_copy(update={"precision": "fp32", "channels_last": False}))
+    sample = _decode(paths[0], frames)
+    fp32 = Detector.from_config(model_cfg.model_copy(update={"precision": "fp32", "channels_last": False,
+                                                             "compile": False, "warmup_sizes": ()}))
     fast = Detector.from_config(model_cfg)
     report = match_rate(fp32.detect(sample).detections, fast.detect(sample).detections, min_score=model_cfg.score_threshold)
-    return {"precision": fast.precision, "channels_last": model_cfg.channels_last, "frames": len(sample),
+    return {"precision": fast.precision, "channels_last": model_cfg.channels_last, "compile": model_cfg.compile,
+            "frames": len(sample),
             "fp32_detections": report.total, "matched_iou_0.9_same_label": report.matched, "extra": report.extra,
             "rate": round(report.rate, 4), "required": REQUIRED_MATCH_RATE, "passed": report.passed}
 
@@ -206,21 +186,45 @@ def run_at_load(folder: Path, total_fps: float, load: float, clips: int, seconds
     return res
 
 
+@dataclass(frozen=True)
+class FastMode:
+    """The pipeline's fast settings under test; fp32 eager (exact) always runs beside them."""
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.precision != "fp32" or self.channels_last or self.compile
+
+    @property
+    def label(self) -> str:
+        parts = [self.precision] + ["channels_last"] * self.channels_last + ["compiled"] * self.compile
+        return " + ".join(parts)
+
+
 def bench(clips: int, frames: int, width: int, height: int, model: str, batch: int, redis_url: str | None,
-          with_ray: bool, out_dir: Path, device: str = "auto", precision: str = "fp32",
-          channels_last: bool = False, load: float = 0.5, load_seconds: float = 20.0,
-          on_step=lambda done, total=None, step="": None) -> dict:
+          with_ray: bool, out_dir: Path, device: str = "auto", fast: FastMode = FastMode(),
+          load: float = 0.5, load_seconds: float = 20.0, on_step=lambda done, total=None, step="": None) -> dict:
     """`on_step(done, total, name)`: told as each of the runs starts (a progress bar)."""
     import torch
 
-    from fpnstream.publish.connection import EmbeddedRedis
-    from fpnstream.devtools.testing import make_firing_model, save_checkpoint
+    from fpnstream.cluster import available
+    from fpnstream.devtools.bench_report import markdown, plot
+    from fpnstream.devtools.flops import measured_peak_flops
     from fpnstream.devtools.synthetic import synthetic_frame
+    from fpnstream.devtools.testing import make_firing_model, save_checkpoint
+    from fpnstream.publish.connection import EmbeddedRedis
 
     out_dir.mkdir(parents=True, exist_ok=True)
     # Before any run: the CPU detector sets torch's thread count for its lanes.
     threads = torch.get_num_threads()
-    peak = measured_peak_flops("cuda" if torch.cuda.is_available() and device != "cpu" else "cpu")
+    dev = "cuda" if torch.cuda.is_available() and device != "cpu" else "cpu"
+    peak = measured_peak_flops(dev)
+    if with_ray and not available():
+        log.warning("Ray is not installed: skipping the Ray run")
+        with_ray = False
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         paths = make_inputs(tmp, clips, frames, width, height)
@@ -230,49 +234,49 @@ def bench(clips: int, frames: int, width: int, height: int, model: str, batch: i
                                tmp / "bench.pth")
         # Ray starts an actor with 1 CPU with OMP_NUM_THREADS=1; give every run the same torch
         # thread count as the naive loop, so the comparison is about the pipeline, not threads.
-        model_cfg = ModelConfig(name=model, weights=str(ckpt), device=device, score_threshold=0.5,
-                                torch_threads=threads)
-        steps = 2 + int(with_ray) + int(load > 0) + int(precision != "fp32" or channels_last)
+        exact = ModelConfig(name=model, weights=str(ckpt), device=device, score_threshold=0.5, torch_threads=threads)
+        quick = exact.model_copy(update={"precision": fast.precision, "channels_last": fast.channels_last,
+                                         "compile": fast.compile, "warmup_sizes": (f"{width}x{height}",)})
+        steps = 3 + int(with_ray) + int(load > 0) + 2 * int(fast.active)
         on_step(0, steps, "baseline")
-        base = run_baseline(paths, model_cfg)
-        # The pipeline runs with the fast settings; the naive loop stays fp32, as a user writes it.
-        model_cfg = model_cfg.model_copy(update={"precision": precision, "channels_last": channels_last})
+        base = run_baseline(paths, exact)
+        on_step(1, steps, "counting FLOPs")
+        gflops, per_op = count_work(paths[0], exact)
         accuracy = None
-        if precision != "fp32" or channels_last:
-            on_step(1, steps, "accuracy check")
-            accuracy = accuracy_check(paths, model_cfg)
+        if fast.active:
+            on_step(2, steps, "accuracy check")
+            accuracy = accuracy_check(paths, quick)
         embedded = None
         if redis_url is None:
             embedded = EmbeddedRedis(tmp / "redis").start()
             redis_url = embedded.url
         try:
             results = [base]
-            for in_process, prefix in ((True, "bench-inproc"), (False, "bench-ray")):
-                if not in_process:
-                    from fpnstream.cluster import available
-
-                    if not available():
-                        log.warning("Ray is not installed: skipping the Ray run")
-                        continue
-                    if not with_ray:
-                        continue
-                on_step(len(results) + int(accuracy is not None), steps, "pipeline " + ("in-process" if in_process else "on Ray"))
-                cfg = _pipeline_config([{"uri": str(p), "id": p.stem} for p in paths], model_cfg, batch, in_process, prefix)
+            runs = [("pipeline, in-process", exact, True)]
+            if fast.active:
+                runs.append((f"pipeline, in-process, {fast.label}", quick, True))
+            if with_ray:
+                runs.append(("pipeline, Ray workers" + (f", {fast.label}" if fast.active else ""), quick, False))
+            for k, (name, cfg_model, in_process) in enumerate(runs):
+                on_step(len(results) + 1 + int(fast.active), steps, name)
+                prefix = f"bench-{k}"
+                cfg = _pipeline_config([{"uri": str(p), "id": p.stem} for p in paths], cfg_model, batch, in_process, prefix)
                 res = run_pipeline(cfg, redis_url)
+                res.name = name
                 res.latency_ms, span = _from_redis(redis_url, prefix)
                 res.seconds, res.fps = span, res.frames / span
                 results.append(res)
             if load > 0:
                 on_step(steps - 1, steps, f"paced at {load:.0%} load")
-                results.append(run_at_load(tmp / "paced", results[1].fps * load, load, clips, load_seconds, width,
-                                           height, model_cfg, batch, redis_url))
+                fastest = max(results[1:], key=lambda r: r.fps)
+                cfg_model = quick if fast.active and fastest.name != "pipeline, in-process" else exact
+                results.append(run_at_load(tmp / "paced", fastest.fps * load, load, clips, load_seconds, width,
+                                           height, cfg_model, batch, redis_url))
         finally:
             if embedded:
                 embedded.stop()
     for r in results:
         r.ratio = round(r.fps / base.fps, 3)
-    gflops, source = gflops_per_frame(model)
-    dev = "cuda" if torch.cuda.is_available() and device != "cpu" else "cpu"
     doc = {
         "input": {"clips": clips, "frames_per_clip": frames, "size": f"{width}x{height}", "model": model, "batch": batch,
                   "load": load, "load_seconds": load_seconds},
@@ -280,8 +284,10 @@ def bench(clips: int, frames: int, width: int, height: int, model: str, batch: i
         "host": {"cpu": platform.processor() or platform.machine(), "threads": threads},
         "versions": {"torch": torch.__version__, "torchvision": __import__("torchvision").__version__,
                      "python": platform.python_version()},
-        "precision": precision, "channels_last": channels_last, "accuracy": accuracy,
-        "gflops_per_frame": gflops, "gflops_source": source,
+        "fast_mode": fast.label if fast.active else None, "accuracy": accuracy,
+        "gflops_per_frame": round(gflops, 3), "gflops_by_op": per_op,
+        "gflops_source": f"torch.utils.flop_counter.FlopCounterMode on one fp32 pass over a {width}x{height} frame "
+                         "of the input, with the seeded firing weights",
         "peak_flops_measured": peak,
         "results": [asdict(r) | {"achieved_gflops_s": round(r.fps * gflops, 2),
                                  "fraction_of_peak": round(r.fps * gflops * 1e9 / peak, 4)} for r in results],
@@ -292,57 +298,9 @@ def bench(clips: int, frames: int, width: int, height: int, model: str, batch: i
     return doc
 
 
-def markdown(doc: dict) -> str:
-    i = doc["input"]
-    lines = [
-        f"{i['clips']} clips x {i['frames_per_clip']} frames, {i['size']}, `{i['model']}`, batch {i['batch']}, "
-        f"pipeline precision {doc.get('precision', 'fp32')}{' + channels_last' if doc.get('channels_last') else ''}, "
-        f"device {doc['device']}, torch {doc['versions']['torch']}, torchvision {doc['versions']['torchvision']}",
-        "",
-        "| run | frames | frames/s | x baseline | latency p50 / p95 / p99 ms | stage ms per frame | GFLOP/s (share of peak) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in doc["results"]:
-        lat = " / ".join(str(r["latency_ms"].get(k, "-")) for k in ("p50", "p95", "p99"))
-        stages = ", ".join(f"{k} {v}" for k, v in r["stage_ms"].items()) or "-"
-        lines.append(f"| {r['name']} | {r['frames']} | {r['fps']:.2f} | {r['ratio']:.2f} | {lat} | {stages} | "
-                     f"{r['achieved_gflops_s']} ({r['fraction_of_peak'] * 100:.1f} %) |")
-    acc = doc.get("accuracy")
-    if acc:
-        lines += ["", f"Accuracy of {acc['precision']}{' + channels_last' if acc['channels_last'] else ''} against fp32 "
-                  f"on {acc['frames']} frames: {acc['matched_iou_0.9_same_label']} of {acc['fp32_detections']} fp32 "
-                  f"detections matched (IoU >= 0.9, same label) = {acc['rate'] * 100:.1f} %, {acc.get('extra', 0)} extra "
-                  f"({'passes' if acc['passed'] else 'FAILS'} the {acc['required'] * 100:.0f} % bar)"]
-    lines += ["", f"GFLOPs per frame: {doc['gflops_per_frame']} from {doc['gflops_source']}; peak: "
-              f"{doc['peak_flops_measured'] / 1e9:.1f} GFLOP/s measured with a 2048x2048 fp32 matmul on the same device.",
-              "Timing: the baseline from its first decode to its last result; the pipelines from the first "
-              "frame's capture to the last publish (start-up, model load and Ray workers excluded for all).",
-              "Baseline latency is decode + inference of one frame; pipeline latency is capture -> publish, "
-              "which for files read as fast as possible includes time queued behind earlier frames (files never "
-              "drop). The paced run plays the clips at their recorded rate at the stated share of the in-process "
-              "throughput, like cameras: its latency is what a frame sees when the pipeline keeps up; its x baseline "
-              "is not a speed-up (the rate is set)."]
-    return "\n".join(lines) + "\n"
+def count_work(path: Path, model_cfg: ModelConfig) -> tuple[float, dict[str, float]]:
+    """GFLOPs per frame of this input: one fp32 pass over its first frame, counted."""
+    from fpnstream.detection.model import Detector
+    from fpnstream.devtools.flops import count_gflops
 
-
-def plot(doc: dict, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib not installed: no plot")
-        return
-    names = [r["name"] for r in doc["results"]]
-    fps = [r["fps"] for r in doc["results"]]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    bars = ax.barh(names, fps, color=["#999", "#3a7", "#37a"][: len(names)])
-    for bar, r in zip(bars, doc["results"]):
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {r['fps']:.1f} fps ({r['ratio']:.2f}x)", va="center")
-    ax.set_xlabel("frames/s")
-    i = doc["input"]
-    ax.set_title(f"{i['model']}, {i['size']}, {i['clips']} clips, {doc['device']}", fontsize=9)
-    ax.set_xlim(0, max(fps) * 1.35)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    return count_gflops(Detector.from_config(model_cfg), _decode(path, 1)[0])

@@ -20,7 +20,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.
 # 1.0-2.0 s in quarter steps: the default freshness limit (2 s) can be read off the histogram.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
-STAGES = ("decode", "batch_wait", "preprocess", "inference", "postprocess", "publish")
+STAGES = ("decode", "batch_wait", "preprocess", "inference", "postprocess", "track", "publish")
 
 
 class Metrics:
@@ -53,6 +53,13 @@ class Metrics:
         self.detections = Counter(
             "fpnstream_detections_total", "Published detections, by class name", ["stream", "name"], registry=r,
         )
+        self.zone_occupancy = Gauge(
+            "fpnstream_zone_occupancy", "Tracked objects inside a zone now, by class", ["stream", "zone", "class"], registry=r)
+        self.line_crossings = Counter(
+            "fpnstream_line_crossings_total", "Tracked objects that crossed a line, by direction and class",
+            ["stream", "line", "direction", "class"], registry=r)
+        self.zone_events = Counter(
+            "fpnstream_zone_events_total", "Zone enter/exit events published", ["stream", "zone", "kind"], registry=r)
         self.gpu_memory = Gauge("fpnstream_gpu_memory_bytes", "CUDA memory allocated by the detector", ["device"], registry=r)
         self.build_info = Info("fpnstream_build", "Version, model and device", registry=r)
         for stage in STAGES:  # export zero-count series so dashboards see every stage from the start
@@ -96,6 +103,21 @@ class MetricsObserver(PipelineObserver):
             self._m.end_to_end_seconds.labels(meta.stream_id).observe(latency)
         for (sid, name), n in per_class.items():
             self._m.detections.labels(sid, name).inc(n)
+        if result.analytics:
+            self._analytics(result, skipped)
+
+    def _analytics(self, result, skipped) -> None:
+        for e in result.events:
+            if e.stream_id in skipped:
+                continue
+            if e.direction is not None:
+                self._m.line_crossings.labels(e.stream_id, e.where, e.direction.value, e.name).inc()
+            else:
+                self._m.zone_events.labels(e.stream_id, e.where, e.kind.value).inc()
+        for sid, a in result.analytics.items():
+            if sid not in skipped:
+                for zone, name, n in a.occupancy:
+                    self._m.zone_occupancy.labels(sid, zone, name).set(n)
 
     def publish_failed(self) -> None:
         self._m.publish_errors.inc()

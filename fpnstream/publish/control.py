@@ -27,7 +27,9 @@ def expand_env(uri: str, environ: Mapping[str, str]) -> str:
     return _ENV_REF.sub(sub, uri)
 
 
-def send_add(client: redis.Redis, prefix: str, stream_id: str | None, uri: str, fps: float | None) -> str:
+def send_add(client: redis.Redis, prefix: str, stream_id: str | None, uri: str, fps: float | None,
+             analytics: dict[str, Any] | None = None) -> str:
+    """`analytics`: the stream's `tracking`, `zones` and `lines` (as in a config file)."""
     if redact_url(uri) != uri and not _ENV_REF.search(uri.split("@")[0]):
         raise ConfigError(
             "refusing to send a password through Redis: write it as ${VAR} in the URI "
@@ -38,6 +40,8 @@ def send_add(client: redis.Redis, prefix: str, stream_id: str | None, uri: str, 
         cmd["id"] = stream_id
     if fps:
         cmd["fps"] = str(fps)
+    if analytics:
+        cmd["analytics"] = json.dumps(analytics)
     return client.xadd(control_key(prefix), cmd, maxlen=10_000, approximate=True).decode()
 
 
@@ -48,8 +52,9 @@ def send_remove(client: redis.Redis, prefix: str, stream_id: str) -> str:
 def read_status(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
     rows = []
     for sid in sorted(m.decode() for m in client.smembers(streams_key(prefix))):
-        h = {k.decode(): v.decode() for k, v in client.hgetall(status_key(prefix, sid)).items()}
-        h.pop("owner", None)
+        # `owner` is a fencing token and `tracks` the binary tracker state: neither is status.
+        h = {k.decode(): v.decode() for k, v in client.hgetall(status_key(prefix, sid)).items()
+             if k not in (b"owner", b"tracks")}
         rows.append({"id": sid, **h})
     return rows
 

@@ -24,19 +24,28 @@ def _font() -> ImageFont.ImageFont:
 
 
 def draw_detections(image: np.ndarray | Image.Image, detections: Iterable[Mapping], scale: float = 1.0,
-                    line_width: int = 2) -> Image.Image:
-    """Draw schema-v1 detections ({"box", "score", "label", "name"}) onto a copy of `image`.
+                    line_width: int = 2, trails: Mapping[int, Sequence[tuple[float, float]]] | None = None,
+                    ) -> Image.Image:
+    """Draw schema-v1 detections ({"box", "score", "label", "name", "track_id"}) onto a copy
+    of `image`; a tracked detection is labelled #id and coloured by its track.
 
     `scale` maps box coordinates (in the frame's original pixels) onto this image, for
-    snapshots that were scaled down."""
+    snapshots that were scaled down. `trails`: recent anchor points per track id, drawn as
+    a polyline behind each tracked box."""
     img = (Image.fromarray(image) if isinstance(image, np.ndarray) else image).convert("RGB").copy()
     draw = ImageDraw.Draw(img)
     font = _font()
+    for tid, points in (trails or {}).items():
+        if len(points) > 1:
+            draw.line([(x * scale, y * scale) for x, y in points], fill=color_for(int(tid) + 7), width=line_width)
     for det in detections:
         x1, y1, x2, y2 = (float(v) * scale for v in det["box"])
-        colour = color_for(int(det.get("label", 0)))
+        tid = det.get("track_id")
+        colour = color_for(int(det.get("label", 0)) if tid is None else int(tid) + 7)
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=line_width)
         text = f"{det.get('name') or det.get('label')} {float(det.get('score', 0.0)):.2f}"
+        if tid is not None:
+            text = f"#{tid} {text}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         tw, th = right - left, bottom - top
         ty = y1 - th - 4 if y1 - th - 4 >= 0 else y1  # above the box, or inside it at the top edge

@@ -8,6 +8,11 @@ def stream_key(prefix: str, stream_id: str) -> str:
     return f"{prefix}:detections:{stream_id}"
 
 
+def events_key(prefix: str, stream_id: str) -> str:
+    """Zone and line events of a tracked stream (schema in the README, "Events")."""
+    return f"{prefix}:events:{stream_id}"
+
+
 def status_key(prefix: str, stream_id: str) -> str:
     """Hash of a stream's state and publish progress (last_frame, published, owner, ...)."""
     return f"{prefix}:status:{stream_id}"

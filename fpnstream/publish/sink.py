@@ -20,29 +20,40 @@ from fpnstream.core.errors import SinkError
 from fpnstream.core.frames import BatchResult
 from fpnstream.core.redact import redact_text
 from fpnstream.publish.schema import encode_entry
-from fpnstream.publish.keys import status_key, stream_key
+from fpnstream.publish.keys import events_key, status_key, stream_key
 
-# KEYS: stream key, status hash. ARGV: owner token ("" = unfenced), maxlen (0 = none),
-# entry count, then per entry: frame index, field count, field, value, ...
+# KEYS: stream key, status hash, events stream. ARGV: owner token ("" = unfenced), maxlen
+# (0 = none), entry count, then per entry: frame index, field count, field, value, ...,
+# event count, then per event: field count, field, value, ...; last: the stream's tracker
+# state after the batch ("" = not tracked). Entries, events and state land together or not.
 _PUBLISH = """
 local owner = redis.call('HGET', KEYS[2], 'owner')
 if ARGV[1] ~= '' and owner and owner ~= ARGV[1] then return -1 end
 local last = tonumber(redis.call('HGET', KEYS[2], 'last_frame') or '-1')
 local maxlen = tonumber(ARGV[2])
+local function add(key, from, n)
+  local args = {key}
+  if maxlen > 0 then args[#args + 1] = 'MAXLEN'; args[#args + 1] = '~'; args[#args + 1] = ARGV[2] end
+  args[#args + 1] = '*'
+  for f = from, from + 2 * n - 1 do args[#args + 1] = ARGV[f] end
+  redis.call('XADD', unpack(args))
+end
 local i, written = 4, 0
 for _ = 1, tonumber(ARGV[3]) do
   local frame, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
-  i = i + 2
-  if frame > last then
-    local args = {KEYS[1]}
-    if maxlen > 0 then args[#args + 1] = 'MAXLEN'; args[#args + 1] = '~'; args[#args + 1] = ARGV[2] end
-    args[#args + 1] = '*'
-    for f = i, i + 2 * n - 1 do args[#args + 1] = ARGV[f] end
-    redis.call('XADD', unpack(args))
-    last, written = frame, written + 1
+  local fresh = frame > last
+  if fresh then add(KEYS[1], i + 2, n) end
+  i = i + 2 + 2 * n
+  local events = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, events do
+    local k = tonumber(ARGV[i])
+    if fresh then add(KEYS[3], i + 1, k) end
+    i = i + 1 + 2 * k
   end
-  i = i + 2 * n
+  if fresh then last, written = frame, written + 1 end
 end
+if ARGV[i] ~= '' then redis.call('HSET', KEYS[2], 'tracks', ARGV[i]) end
 redis.call('HSET', KEYS[2], 'last_frame', last)
 redis.call('HINCRBY', KEYS[2], 'published', written)
 return written
@@ -56,9 +67,10 @@ local run = tonumber(redis.call('HGET', KEYS[1], 'run') or '0')
 if ARGV[2] == '1' or run == 0 then
   run = run + 1
   redis.call('HSET', KEYS[1], 'run', run, 'last_frame', -1, 'published', 0)
+  redis.call('HDEL', KEYS[1], 'tracks')
 end
 if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'owner', ARGV[1]) end
-return {tonumber(redis.call('HGET', KEYS[1], 'last_frame') or '-1') + 1, run}
+return {tonumber(redis.call('HGET', KEYS[1], 'last_frame') or '-1') + 1, run, redis.call('HGET', KEYS[1], 'tracks')}
 """
 
 # Ended states after which a stream's next start is a new run (see `starts_new_run`).
@@ -101,6 +113,7 @@ class RedisStreamSink:
         self._claim = client.register_script(_CLAIM)
         self._owners: dict[str, str] = {}
         self._runs: dict[str, int] = {}
+        self._tracks: dict[str, bytes | None] = {}
 
     def claim(self, stream_id: str, owner: str = "", restart: bool = False) -> int:
         """Become the writer of `stream_id`; returns the next frame index to publish.
@@ -108,10 +121,16 @@ class RedisStreamSink:
         `restart` starts a new run (run number + 1, frames from 0); otherwise the current
         run goes on after its last published frame. Entries carry their run number.
         """
-        next_frame, run = self._claim(keys=[status_key(self._prefix, stream_id)], args=[owner, "1" if restart else "0"])
+        next_frame, run, tracks = self._claim(keys=[status_key(self._prefix, stream_id)],
+                                              args=[owner, "1" if restart else "0"])
         self._owners[stream_id] = owner
         self._runs[stream_id] = int(run)
+        self._tracks[stream_id] = tracks or None
         return int(next_frame)
+
+    def saved_tracks(self, stream_id: str) -> bytes | None:
+        """The stream's tracker state as of its last published frame (read by `claim`)."""
+        return self._tracks.pop(stream_id, None)
 
     def run_of(self, stream_id: str) -> int:
         return self._runs.get(stream_id, 1)
@@ -125,18 +144,32 @@ class RedisStreamSink:
         now = self._clock()
         pipe = self._client.pipeline(transaction=False)
         order: list[str] = []
+        events: dict[tuple[str, int], list] = {}
+        for e in result.events:
+            events.setdefault((e.stream_id, e.frame), []).append(e)
         pairs = sorted(zip(result.metas, result.detections), key=lambda p: p[0].stream_id)  # stable: keeps frame order
         for sid, group in groupby(pairs, key=lambda p: p[0].stream_id):
+            run = self._runs.get(sid, 1)
             args: list = [self._owners.get(sid, ""), self._maxlen, 0]
             count = 0
             for meta, dets in group:
-                fields = encode_entry(meta, dets, self._model, now, self._runs.get(sid, 1))
+                fields = encode_entry(meta, dets, self._model, now, run)
                 args += [meta.index, len(fields)]
                 for k, v in fields.items():
                     args += [k, v]
+                frame_events = events.get((sid, meta.index), ())
+                args.append(len(frame_events))
+                for e in frame_events:
+                    ef = e.to_fields(run)
+                    args.append(len(ef))
+                    for k, v in ef.items():
+                        args += [k, v]
                 count += 1
             args[2] = count
-            self._script(keys=[stream_key(self._prefix, sid), status_key(self._prefix, sid)], args=args, client=pipe)
+            analytics = result.analytics.get(sid)
+            args.append(analytics.state if analytics is not None else "")
+            keys = [stream_key(self._prefix, sid), status_key(self._prefix, sid), events_key(self._prefix, sid)]
+            self._script(keys=keys, args=args, client=pipe)
             order.append(sid)
         try:
             replies = pipe.execute()

@@ -23,8 +23,11 @@ def build_pipeline(cfg: AppConfig, backend, sink: RedisStreamSink, metrics: Metr
     spool = Path(r.spool_dir) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}" if r.spool_dir else None
     buffer = PublishBuffer(spool, r.buffer_frames, int(r.spool_max_mb * 2**20))
     freshness = cfg.batch.freshness_ms / 1000.0 if cfg.batch.freshness_ms else None
+    from fpnstream.analytics.stage import AnalyticsStage
+
     return Pipeline(
         backend, sink, Observers(MetricsObserver(metrics), snapshots), cfg.batch, cfg.decode.queue_size,
         buffer=buffer, freshness_s=freshness, keep_open=keep_open, stop_grace_s=cfg.stop_grace_s,
         backoff=lambda: Backoff(cfg.decode.reconnect_base_s, cfg.decode.reconnect_max_s), outage_wait_s=r.outage_wait_s,
+        analytics=AnalyticsStage(cfg.tracking),
     )

@@ -12,6 +12,8 @@ nothing of Ray, so `--in-process` and a cluster run follow the same rules:
 
 from __future__ import annotations
 
+import json
+
 import logging
 import os
 import uuid
@@ -161,7 +163,8 @@ class Coordinator:
         try:
             if op == "add":
                 fps = float(cmd["fps"]) if cmd.get("fps") else None
-                added = self.add_streams([SourceConfig(uri=cmd["uri"], id=cmd.get("id") or None, fps=fps)])
+                analytics = json.loads(cmd["analytics"]) if cmd.get("analytics") else {}  # data only, validated
+                added = self.add_streams([SourceConfig(uri=cmd["uri"], id=cmd.get("id") or None, fps=fps, **analytics)])
                 log.info("control: added stream(s) %s", ", ".join(added))
             elif op == "remove":
                 if self.remove_stream(cmd.get("id", "")):

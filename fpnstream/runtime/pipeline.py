@@ -30,6 +30,7 @@ from fpnstream.runtime.supervisor import SourceSupervisor
 from fpnstream.sources.decoder import VideoDecoder
 
 if TYPE_CHECKING:  # backends import torch; the pipeline itself does not need it
+    from fpnstream.analytics.stage import AnalyticsStage
     from fpnstream.detection.backends import DetectorBackend
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,11 @@ class Pipeline:
         stop_grace_s: float = 10.0,
         backoff: Callable[[], Backoff] = lambda: Backoff(0.5, 30.0),
         outage_wait_s: float = 300.0,
+        analytics: AnalyticsStage | None = None,
     ) -> None:
         """`keep_open`: sources may still be added when all current ones ended (a worker).
-        `buffer`: where results wait while Redis is away (default: 10,000 in memory)."""
+        `buffer`: where results wait while Redis is away (default: 10,000 in memory).
+        `analytics`: tracks, zones and lines of the streams that ask for them."""
         self._backend = backend
         self._observer = observer
         self._batch = batch
@@ -59,8 +62,10 @@ class Pipeline:
         self._stop_grace_s = stop_grace_s
         self._ledger = StreamLedger(observer)
         buffer = buffer or PublishBuffer(None, 10_000, 0)
+        self._analytics = analytics
         self._publisher = Publisher(sink, buffer, self._ledger, observer, outage_wait_s,
-                                    on_fenced=lambda sid: self.remove_source(sid, StreamState.MOVED))
+                                    on_fenced=lambda sid: self.remove_source(sid, StreamState.MOVED),
+                                    analyze=analytics.process if analytics is not None else (lambda r: r))
         buffer.on_drop = self._spool_overflow
         self._freshness = None if freshness_s is None else FreshnessPolicy(
             freshness_s, self._ledger.is_live, lambda sid: self._ledger.drop(sid, "stale"),
@@ -77,11 +82,17 @@ class Pipeline:
         self._started_at: float | None = None
 
     # -- sources ---------------------------------------------------------------------------
-    def add_source(self, decoder: VideoDecoder) -> None:
-        sid = decoder.spec.stream_id
-        self._ledger.open(sid, decoder.spec.live)
-        self._mux.add_stream(sid, self._queue_size, DropPolicy.DROP_OLDEST if decoder.spec.live else DropPolicy.BLOCK)
+    def add_source(self, decoder: VideoDecoder, saved_tracks: bytes | None = None) -> bool:
+        """Start a stream; returns whether its saved tracks (from Redis) were restored."""
+        spec = decoder.spec
+        sid = spec.stream_id
+        self._ledger.open(sid, spec.live)
+        restored = False
+        if self._analytics is not None:
+            restored = self._analytics.open(sid, spec.tracking, spec.zones, spec.lines, saved_tracks)
+        self._mux.add_stream(sid, self._queue_size, DropPolicy.DROP_OLDEST if spec.live else DropPolicy.BLOCK)
         self._sources.add(decoder)
+        return restored
 
     def remove_source(self, stream_id: str, state: StreamState = StreamState.STOPPED) -> None:
         """Stop reading a stream; frames already queued are still detected and published."""

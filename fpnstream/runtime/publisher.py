@@ -25,8 +25,12 @@ END = object()  # put on the queue after the last batch
 
 class Publisher:
     def __init__(self, sink: RedisStreamSink, buffer: PublishBuffer, ledger: StreamLedger, observer: PipelineObserver,
-                 outage_wait_s: float, on_fenced: Callable[[str], None]) -> None:
+                 outage_wait_s: float, on_fenced: Callable[[str], None],
+                 analyze: Callable[[BatchResult], BatchResult] = lambda r: r) -> None:
+        """`analyze`: the analytics stage (tracks, zones, lines), run on each result in
+        submission order, before it is buffered, so a stream's tracker sees its frames in order."""
         self._sink = sink
+        self._analyze = analyze
         self._buffer = buffer
         self._ledger = ledger
         self._observer = observer
@@ -54,6 +58,10 @@ class Publisher:
                         self._observer.stage("preprocess", result.times.preprocess)
                         self._observer.stage("inference", result.times.inference)
                         self._observer.stage("postprocess", result.times.postprocess)
+                        t0 = time.perf_counter()
+                        result = self._analyze(result)
+                        if result.analytics:
+                            self._observer.stage("track", time.perf_counter() - t0)
                         self._buffer.append(result)
             elif self._buffer:
                 time.sleep(0.05)

@@ -7,6 +7,7 @@ the detector is means only compressed video crosses the network, never raw frame
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -22,6 +23,8 @@ from fpnstream.publish.connection import lazy_client
 from fpnstream.publish.sink import RedisStreamSink
 from fpnstream.runtime.build import build_pipeline
 from fpnstream.sources import SourceSpec, VideoDecoder
+
+log = logging.getLogger(__name__)
 
 
 class StreamWorker:
@@ -43,7 +46,7 @@ class StreamWorker:
         from fpnstream.publish.snapshots import PreviewSnapshots
 
         cfg = self._cfg
-        detector = Detector.from_config(cfg.model)
+        detector = Detector.from_config(cfg.model, cfg.batch.max_size)
         client = lazy_client(self._redis_url, cfg.redis.socket_timeout_s)  # Redis may be away: load anyway
         self._sink = RedisStreamSink(client, cfg.redis.prefix, cfg.redis.maxlen, detector.model_name)
         self._metrics.build_info.info({"version": fpnstream.__version__, "model": detector.model_name, "device": str(detector.device)})
@@ -62,7 +65,10 @@ class StreamWorker:
         # stream numbers its frames on from there, so indices never go back.
         start = self._sink.claim(spec.stream_id, owner=owner, restart=restart)
         # A live stream that goes on from an earlier owner missed frames in between: say so.
-        self._pipeline.add_source(VideoDecoder(spec, self._cfg.decode, start_index=start, gap=spec.live and start > 0))
+        decoder = VideoDecoder(spec, self._cfg.decode, start_index=start, gap=spec.live and start > 0)
+        # Its tracks go on from the state saved with its last published frame.
+        if self._pipeline.add_source(decoder, self._sink.saved_tracks(spec.stream_id)):
+            log.info("stream %s: tracks restored as of frame %d", spec.stream_id, start - 1)
         return start
 
     def unassign(self, stream_id: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Iterable
 from urllib.parse import unquote, urlsplit
 
+from fpnstream.config.analytics import LineConfig, TrackingOverride, ZoneConfig
 from fpnstream.config.settings import SourceConfig
 from fpnstream.core.errors import SourceError
 from fpnstream.core.ids import STREAM_ID
@@ -25,6 +26,9 @@ class SourceSpec:
     live: bool
     fps: float | None = None
     realtime: bool = False  # a file played at its recorded rate, like a camera
+    tracking: TrackingOverride | None = None  # per-stream changes to the job's `tracking:`
+    zones: tuple[ZoneConfig, ...] = ()
+    lines: tuple[LineConfig, ...] = ()
 
     @property
     def display(self) -> str:
@@ -90,5 +94,6 @@ def resolve_sources(configs: Iterable[SourceConfig]) -> list[SourceSpec]:
             while sid in taken:
                 sid, n = f"{base}-{n}", n + 1
         taken.add(sid)
-        specs.append(SourceSpec(sid, cfg.uri, live=scheme in LIVE_SCHEMES, fps=cfg.fps, realtime=cfg.realtime))
+        specs.append(SourceSpec(sid, cfg.uri, live=scheme in LIVE_SCHEMES, fps=cfg.fps, realtime=cfg.realtime,
+                                tracking=cfg.tracking, zones=cfg.zones, lines=cfg.lines))
     return specs

@@ -225,7 +225,7 @@ def test_low_precision_covers_only_the_dense_layers(firing_checkpoint):
     """The autocast wrapping, exercised with CPU bf16 (CUDA uses the same code): dense layers
     run in bf16, everything after them sees fp32, so boxes and NMS stay fp32."""
     from fpnstream.detection.accuracy import match_rate
-    from fpnstream.detection.model import _LowPrecision, use_low_precision
+    from fpnstream.detection.acceleration import _LowPrecision, use_low_precision
 
     images = [synthetic_frame(i, 160, 120, seed=5) for i in range(0, 20, 5)]
     det = Detector.from_config(parity_cfg(firing_checkpoint))

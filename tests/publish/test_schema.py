@@ -58,8 +58,18 @@ def test_unknown_version_and_missing_fields_rejected():
 def test_detections_json_shape():
     dets = Detections(np.array([[1, 2, 3, 4]], np.float32), np.array([0.9], np.float32), np.array([1]), ("person",))
     raw = encode_entry(FrameMeta("s", 3, None, 1.7e9, 10, 10), dets, "m", 1.7e9)
-    assert json.loads(raw["detections"]) == [{"box": [1.0, 2.0, 3.0, 4.0], "score": pytest.approx(0.9), "label": 1, "name": "person"}]
+    assert json.loads(raw["detections"]) == [{"box": [1.0, 2.0, 3.0, 4.0], "score": pytest.approx(0.9), "label": 1,
+                                              "name": "person", "track_id": None}]
     assert raw["pts"] == ""
+
+
+def test_tracked_detections_carry_their_track_id_and_null_off_track():
+    dets = Detections(np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32), np.array([0.9, 0.8], np.float32),
+                      np.array([1, 1]), ("person", "person"), track_ids=np.array([7, -1]))
+    doc = decode_entry(encode_entry(FrameMeta("s", 3, None, 1.7e9, 10, 10), dets, "m", 1.7e9))
+    assert [d["track_id"] for d in doc["detections"]] == [7, None]
+    with pytest.raises(ValueError, match="misaligned"):
+        Detections(dets.boxes, dets.scores, dets.labels, dets.names, track_ids=np.array([1]))
 
 
 def test_misaligned_detections_rejected():

@@ -1,0 +1,1 @@
+"""Analytics after detection: object tracks, zones and lines, events (no Ray, no torch)."""

@@ -1,0 +1,141 @@
+"""One stream's analytics: a tracker of the `trackers` library, then zones and lines.
+
+Plain Python: it is fed a stream's detections in frame order and returns them with track
+ids, plus the events of that frame. Its whole state (tracks, who is inside which zone,
+where each track was last seen) saves to JSON and loads back, so a stream that moves to
+another worker, or a job that restarts, goes on with the same track ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from fpnstream.analytics import tracker_state
+from fpnstream.analytics.geometry import Line, Zone, anchors
+from fpnstream.config.analytics import LineConfig, TrackingConfig, ZoneConfig
+from fpnstream.core.events import Event, EventKind
+from fpnstream.core.frames import Detections, FrameMeta
+
+_INT_PARAMS = {"lost_track_buffer", "minimum_consecutive_frames"}
+STATE_VERSION = 1
+
+
+def build_tracker(cfg: TrackingConfig) -> Any:
+    """The library's tracker with the configured parameters (its defaults for the rest)."""
+    import trackers
+
+    cls = {"bytetrack": trackers.ByteTrackTracker, "sort": trackers.SORTTracker}[cfg.algorithm]
+    params = {k: int(v) if k in _INT_PARAMS else float(v) for k, v in cfg.params.items()}
+    return cls(**params)
+
+
+def to_supervision(dets: Detections):
+    """Our aligned batch as `supervision.Detections`, remembering each row's position."""
+    import supervision as sv
+
+    return sv.Detections(xyxy=dets.boxes.astype(np.float32).reshape(-1, 4), confidence=dets.scores.astype(np.float32),
+                         class_id=dets.labels.astype(int), data={"row": np.arange(len(dets))})
+
+
+def track_ids_in_order(tracked, n: int) -> np.ndarray:
+    """The tracker's ids put back in our detection order (-1: not on a confirmed track)."""
+    ids = np.full(n, -1, np.int64)
+    if len(tracked):
+        ids[np.asarray(tracked.data["row"], int)] = np.asarray(tracked.tracker_id, np.int64)
+    return ids
+
+
+class StreamAnalyzer:
+    def __init__(self, stream_id: str, tracking: TrackingConfig, zones: tuple[ZoneConfig, ...] = (),
+                 lines: tuple[LineConfig, ...] = ()) -> None:
+        self.stream_id = stream_id
+        self._tracking = tracking
+        self._tracker = build_tracker(tracking)
+        self._zones = [Zone(z) for z in zones]
+        self._lines = [Line(ln) for ln in lines]
+        self._inside: dict[str, dict[int, list]] = {z.name: {} for z in self._zones}  # zone -> track -> [label, name]
+        self._last: dict[int, list[float]] = {}  # track -> last anchor point seen
+        self._classes_seen: set[tuple[str, str]] = set()  # (zone, class): report 0 after they leave
+
+    # -- per frame ---------------------------------------------------------------------------
+    def process(self, meta: FrameMeta, dets: Detections) -> tuple[Detections, list[Event]]:
+        tracked = self._tracker.update(to_supervision(dets), timestamp=meta.pts)
+        ids = track_ids_in_order(tracked, len(dets))
+        events: list[Event] = []
+        if self._zones or self._lines:
+            events = self._events(meta, dets, ids)
+        return dataclasses.replace(dets, track_ids=ids), events
+
+    def _events(self, meta: FrameMeta, dets: Detections, ids: np.ndarray) -> list[Event]:
+        events: list[Event] = []
+        seen = ids >= 0
+        points = anchors(dets.boxes[seen], self._tracking.anchor)
+        rows = [(int(t), int(lab), name) for t, lab, name in zip(ids[seen], dets.labels[seen],
+                                                                  np.asarray(dets.names, object)[seen])]
+
+        def event(kind: EventKind, where: str, track: int, label: int, name: str, direction=None) -> None:
+            events.append(Event(self.stream_id, meta.index, meta.capture_ts, kind, where, track, label, name, direction))
+
+        for zone in self._zones:
+            members = self._inside[zone.name]
+            for (track, label, name), inside in zip(rows, zone.contains(points)):
+                if inside and track not in members:
+                    members[track] = [label, name]
+                    event(EventKind.ENTER, zone.name, track, label, name)
+                elif not inside and track in members:
+                    del members[track]
+                    event(EventKind.EXIT, zone.name, track, label, name)
+        for (track, label, name), point in zip(rows, points):
+            before = self._last.get(track)
+            if before is not None:
+                for line in self._lines:
+                    direction = line.crossing(np.asarray(before), point)
+                    if direction is not None:
+                        event(EventKind.CROSS, line.name, track, label, name, direction)
+            self._last[track] = [float(point[0]), float(point[1])]
+        # Tracks the tracker has given up on (lost past its buffer): they leave their zones.
+        alive = {int(t.tracker_id) for t in self._tracker.tracks}
+        for zone in self._zones:
+            members = self._inside[zone.name]
+            for track in [t for t in members if t not in alive]:
+                label, name = members.pop(track)
+                event(EventKind.EXIT, zone.name, track, label, name)
+        for track in [t for t in self._last if t not in alive]:
+            del self._last[track]
+        return events
+
+    def occupancy(self) -> tuple[tuple[str, str, int], ...]:
+        """(zone, class, tracks inside) for every class seen in a zone, 0 once they left."""
+        counts = dict.fromkeys(self._classes_seen, 0)
+        for zone in self._zones:
+            for _, name in self._inside[zone.name].values():
+                counts[(zone.name, name)] = counts.get((zone.name, name), 0) + 1
+        self._classes_seen.update(counts)
+        return tuple((z, c, n) for (z, c), n in sorted(counts.items()))
+
+    # -- state -------------------------------------------------------------------------------
+    def save(self) -> bytes:
+        return tracker_state.dumps({
+            "v": STATE_VERSION, "algorithm": self._tracking.algorithm,
+            "tracker": tracker_state.dump_tracker(self._tracker),
+            "inside": {z: [[t, lab, name] for t, (lab, name) in m.items()] for z, m in self._inside.items()},
+            "last": [[t, p] for t, p in self._last.items()],
+        })
+
+    def restore(self, blob: bytes) -> None:
+        """Load a state saved by `save`; raises StateError (and changes nothing) if it is
+        unreadable or was made by another algorithm."""
+        data = tracker_state.loads(blob)
+        if not isinstance(data, dict) or data.get("v") != STATE_VERSION or data.get("algorithm") != self._tracking.algorithm:
+            raise tracker_state.StateError("saved tracks were made by another tracker or version")
+        fresh = build_tracker(self._tracking)
+        tracker_state.load_tracker(fresh, data["tracker"])
+        inside = {z.name: {} for z in self._zones}
+        for zone, members in data.get("inside", {}).items():
+            if zone in inside:  # a zone removed from the config since is forgotten
+                inside[zone] = {int(t): [int(lab), str(name)] for t, lab, name in members}
+        self._tracker, self._inside = fresh, inside
+        self._last = {int(t): [float(p[0]), float(p[1])] for t, p in data.get("last", [])}

@@ -1,0 +1,125 @@
+"""Opt-in fast paths for the dense layers of a torchvision detector: int8 box head on a
+CPU, channels_last, and `torch.compile` with static shapes warmed up at load.
+
+None of these is on by default: fp32 eager keeps exact parity with torchvision, and every
+other mode is checked against it by `fpnstream bench` (>= 95 % of fp32 detections matched
+at IoU >= 0.9, same label). What each one bought on this project's machines is in
+benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from typing import Any, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _to_fp32(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.float()
+    if isinstance(out, dict):
+        return type(out)((k, _to_fp32(v)) for k, v in out.items())
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_fp32(v) for v in out)
+    return out
+
+
+class _LowPrecision(torch.nn.Module):
+    """Runs a dense sub-network under autocast and hands fp32 back to the rest."""
+
+    def __init__(self, inner: torch.nn.Module, dtype: torch.dtype, device_type: str = "cuda") -> None:
+        super().__init__()
+        self.inner = inner
+        self.dtype = dtype
+        self.device_type = device_type
+        self.out_channels = getattr(inner, "out_channels", None)
+
+    def forward(self, *args: Any) -> Any:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return _to_fp32(self.inner(*args))
+
+
+def use_low_precision(model: torch.nn.Module, dtype: torch.dtype, device_type: str) -> None:
+    model.backbone = _LowPrecision(model.backbone, dtype, device_type)
+    model.rpn.head = _LowPrecision(model.rpn.head, dtype, device_type)
+    model.roi_heads.box_head = _LowPrecision(model.roi_heads.box_head, dtype, device_type)
+    model.roi_heads.box_predictor = _LowPrecision(model.roi_heads.box_predictor, dtype, device_type)
+
+
+def accelerate(model: torch.nn.Module, device: torch.device, precision: str, channels_last: bool,
+               compile: bool) -> tuple[str, torch.memory_format]:
+    """Apply the configured fast paths; returns the precision in effect and the backbone's
+    input memory format."""
+    cuda = device.type == "cuda"
+    if precision in ("fp16", "bf16") and not cuda:
+        log.warning("precision %s applies on CUDA only; running fp32 on %s", precision, device)
+        precision = "fp32"
+    if precision == "int8" and cuda:
+        log.warning("precision int8 applies on CPU only (torch's dynamic int8 kernels); running fp32 on %s", device)
+        precision = "fp32"
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    if dtype is not None:
+        # Only the dense layers run in low precision. Anchors, box decoding, NMS and the
+        # final boxes stay fp32: in fp16, NMS's per-class coordinate offsets overflow for
+        # high class ids on large frames, and bf16 boxes would be rounded to 8-16 px.
+        use_low_precision(model, dtype, device.type)
+    if precision == "int8":
+        quantize_box_head(model)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model.backbone.to(memory_format=torch.channels_last)
+    if compile:
+        compile_dense(model, device.type)
+    return precision, memory_format
+
+
+def quantize_box_head(model: torch.nn.Module) -> None:
+    """Dynamic int8 (weights int8, activations quantised per batch) for the box head's and
+    predictor's Linear layers: on a CPU they are most of the FLOPs (the 12544 -> 1024 layer
+    over every proposal) and VNNI runs int8 dot products at up to 4x the fp32 rate. The
+    convolutions stay fp32. CPU only: torch's dynamic quantised kernels have no CUDA path."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao; it still ships and works
+        # in torch 2.13, and torchao's int8 CPU path needs a newer torch than the GPU image.
+        warnings.simplefilter("ignore")
+        heads = model.roi_heads
+        heads.box_head = quantize_dynamic(heads.box_head, {torch.nn.Linear}, dtype=torch.qint8)
+        heads.box_predictor = quantize_dynamic(heads.box_predictor, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def compile_dense(model: torch.nn.Module, device_type: str) -> None:
+    """Compile the backbone+FPN and the RPN head, the parts whose input shape is fixed per
+    frame size (a stream never changes size), so each size compiles once and is cached.
+    The box head is left eager: its row count is the number of proposals that survive NMS,
+    which changes from frame to frame, and its two Linear layers are already one GEMM each.
+    On CUDA, `reduce-overhead` replays CUDA graphs: one launch per pass instead of hundreds."""
+    mode = "reduce-overhead" if device_type == "cuda" else None
+    model.backbone = torch.compile(model.backbone, dynamic=False, mode=mode)
+    model.rpn.head = torch.compile(model.rpn.head, dynamic=False, mode=mode)
+
+
+def warm_up(detector, sizes: Sequence[tuple[int, int]], batch_sizes: Sequence[int] = (1,)) -> float:
+    """Run one pass per configured frame size (W, H) and batch size before the first real
+    frame, so compilation and oneDNN's first-call set-up do not land on live frames (with
+    static shapes, another batch size compiles when first seen). Returns seconds."""
+    import numpy as np
+
+    from fpnstream.core.frames import Frame
+
+    t0 = time.perf_counter()
+    for w, h in sizes:
+        for n in batch_sizes:
+            frames = [Frame(np.zeros((h, w, 3), np.uint8), "_warmup", i, None, time.time()) for i in range(n)]
+            detector.detect(frames)
+    took = time.perf_counter() - t0
+    if sizes:
+        log.info("detector warmed up for %s (batches of %s) in %.1f s", ", ".join(f"{w}x{h}" for w, h in sizes),
+                 "/".join(map(str, batch_sizes)), took)
+    return took
