@@ -57,7 +57,8 @@ class StreamAnalyzer:
         self._zones = [Zone(z) for z in zones]
         self._lines = [Line(ln) for ln in lines]
         self._inside: dict[str, dict[int, list]] = {z.name: {} for z in self._zones}  # zone -> track -> [label, name]
-        self._last: dict[int, list[float]] = {}  # track -> last anchor point seen
+        # line -> track -> its last anchor point off that line
+        self._last: dict[str, dict[int, list[float]]] = {ln.name: {} for ln in self._lines}
         self._classes_seen: set[tuple[str, str]] = set()  # (zone, class): report 0 after they leave
 
     # -- per frame ---------------------------------------------------------------------------
@@ -84,18 +85,22 @@ class StreamAnalyzer:
             for (track, label, name), inside in zip(rows, zone.contains(points)):
                 if inside and track not in members:
                     members[track] = [label, name]
+                    self._classes_seen.add((zone.name, name))
                     event(EventKind.ENTER, zone.name, track, label, name)
                 elif not inside and track in members:
                     del members[track]
                     event(EventKind.EXIT, zone.name, track, label, name)
-        for (track, label, name), point in zip(rows, points):
-            before = self._last.get(track)
-            if before is not None:
-                for line in self._lines:
+        for line in self._lines:
+            last = self._last[line.name]
+            for (track, label, name), point in zip(rows, points):
+                if line.side(point) == 0:
+                    continue  # on the line: not crossed yet; compare the next point off it
+                before = last.get(track)
+                if before is not None:
                     direction = line.crossing(np.asarray(before), point)
                     if direction is not None:
                         event(EventKind.CROSS, line.name, track, label, name, direction)
-            self._last[track] = [float(point[0]), float(point[1])]
+                last[track] = [float(point[0]), float(point[1])]
         # Tracks the tracker has given up on (lost past its buffer): they leave their zones.
         alive = {int(t.tracker_id) for t in self._tracker.tracks}
         for zone in self._zones:
@@ -103,8 +108,9 @@ class StreamAnalyzer:
             for track in [t for t in members if t not in alive]:
                 label, name = members.pop(track)
                 event(EventKind.EXIT, zone.name, track, label, name)
-        for track in [t for t in self._last if t not in alive]:
-            del self._last[track]
+        for last in self._last.values():
+            for track in [t for t in last if t not in alive]:
+                del last[track]
         return events
 
     def occupancy(self) -> tuple[tuple[str, str, int], ...]:
@@ -113,7 +119,6 @@ class StreamAnalyzer:
         for zone in self._zones:
             for _, name in self._inside[zone.name].values():
                 counts[(zone.name, name)] = counts.get((zone.name, name), 0) + 1
-        self._classes_seen.update(counts)
         return tuple((z, c, n) for (z, c), n in sorted(counts.items()))
 
     # -- state -------------------------------------------------------------------------------
@@ -122,7 +127,7 @@ class StreamAnalyzer:
             "v": STATE_VERSION, "algorithm": self._tracking.algorithm,
             "tracker": tracker_state.dump_tracker(self._tracker),
             "inside": {z: [[t, lab, name] for t, (lab, name) in m.items()] for z, m in self._inside.items()},
-            "last": [[t, p] for t, p in self._last.items()],
+            "last": {ln: [[t, p] for t, p in m.items()] for ln, m in self._last.items()},
         })
 
     def restore(self, blob: bytes) -> None:
@@ -138,4 +143,8 @@ class StreamAnalyzer:
             if zone in inside:  # a zone removed from the config since is forgotten
                 inside[zone] = {int(t): [int(lab), str(name)] for t, lab, name in members}
         self._tracker, self._inside = fresh, inside
-        self._last = {int(t): [float(p[0]), float(p[1])] for t, p in data.get("last", [])}
+        last = {ln.name: {} for ln in self._lines}
+        for line, points in data.get("last", {}).items():
+            if line in last:
+                last[line] = {int(t): [float(p[0]), float(p[1])] for t, p in points}
+        self._last = last

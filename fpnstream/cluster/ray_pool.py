@@ -16,7 +16,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from fpnstream.config.settings import AppConfig
 from fpnstream.core.errors import FpnstreamError, ModelError
 from fpnstream.core.redact import redact_text
-from fpnstream.core.reports import WorkerInfo, WorkerStatus
+from fpnstream.core.reports import Assignment, WorkerInfo, WorkerStatus
 from fpnstream.runtime.pool import ClaimFailed, WorkerGone
 from fpnstream.runtime.worker import StreamWorker
 from fpnstream.sources import SourceSpec
@@ -118,7 +118,7 @@ class RayPool:
                 out.append(WorkerGone(type(e).__name__))
         return out
 
-    def assign(self, index: int, spec: SourceSpec, owner: str, restart: bool) -> int:
+    def assign(self, index: int, spec: SourceSpec, owner: str, restart: bool) -> Assignment:
         try:
             return ray.get(self._actors[index].assign.remote(spec, owner, restart), timeout=30)
         except (RayActorError, GetTimeoutError) as e:

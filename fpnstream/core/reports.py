@@ -34,6 +34,15 @@ class StreamState(str, Enum):
 ENDED_STATES = frozenset({StreamState.FINISHED, StreamState.STOPPED, StreamState.FAILED, StreamState.MOVED})
 
 
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A worker took a stream: the first frame it publishes, and whether the stream's saved
+    tracks were restored (so its track ids go on)."""
+
+    start: int
+    tracks_restored: bool = False
+
+
 @dataclass
 class StreamReport:
     stream_id: str

@@ -84,7 +84,7 @@ class Coordinator:
             return
         owner = uuid.uuid4().hex
         try:
-            start = self._pool.assign(w.index, s.spec, owner, s.restart)
+            took = self._pool.assign(w.index, s.spec, owner, s.restart)
         except WorkerGone as e:
             log.warning("worker %d unavailable (%s); retrying stream %s elsewhere", w.index, e, s.spec.stream_id)
             self._roster.mark_down(w, "unavailable")
@@ -92,9 +92,10 @@ class Coordinator:
         except ClaimFailed as e:  # the worker is fine; Redis was not: try again on a later tick
             log.warning("stream %s not assigned yet: %s", s.spec.stream_id, str(e).splitlines()[0] if str(e) else "")
             return
-        s.worker, s.start = w.index, start
+        s.worker, s.start = w.index, took.start
         if not s.restart:
-            log.info("stream %s on worker %d resumes its run at frame %d", s.spec.stream_id, w.index, start)
+            log.info("stream %s on worker %d resumes its run at frame %d%s", s.spec.stream_id, w.index, took.start,
+                     ", its tracks restored" if took.tracks_restored else "")
         s.restart = False
 
     # -- streams -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import redis
 
 from fpnstream.config.settings import AppConfig
 from fpnstream.core.redact import redact_text
-from fpnstream.core.reports import WorkerInfo, WorkerStatus
+from fpnstream.core.reports import Assignment, WorkerInfo, WorkerStatus
 from fpnstream.observe.metrics import Metrics
 from fpnstream.runtime.worker import StreamWorker
 from fpnstream.sources import SourceSpec
@@ -36,9 +36,9 @@ class WorkerPool(Protocol):
     def poll(self, timeout_s: float) -> list[WorkerStatus | WorkerGone | None]:
         """Every worker's status: None for no answer within `timeout_s`."""
 
-    def assign(self, index: int, spec: SourceSpec, owner: str, restart: bool) -> int:
+    def assign(self, index: int, spec: SourceSpec, owner: str, restart: bool) -> Assignment:
         """The worker claims the stream (fenced by `owner`) and starts it; returns its first
-        frame index. Raises WorkerGone or ClaimFailed."""
+        frame index and whether its tracks were restored. Raises WorkerGone or ClaimFailed."""
 
     def unassign(self, index: int, stream_id: str) -> None: ...
 
@@ -69,7 +69,7 @@ class LocalPool:
     def poll(self, timeout_s: float) -> list[WorkerStatus | WorkerGone | None]:
         return [w.status() for w in self._workers]
 
-    def assign(self, index: int, spec: SourceSpec, owner: str, restart: bool) -> int:
+    def assign(self, index: int, spec: SourceSpec, owner: str, restart: bool) -> Assignment:
         try:
             return self._workers[index].assign(spec, owner, restart)
         except redis.RedisError as e:

@@ -7,7 +7,6 @@ the detector is means only compressed video crosses the network, never raw frame
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import time
@@ -17,14 +16,12 @@ from prometheus_client import generate_latest
 
 import fpnstream
 from fpnstream.config.settings import AppConfig
-from fpnstream.core.reports import WorkerInfo, WorkerStatus
+from fpnstream.core.reports import Assignment, WorkerInfo, WorkerStatus
 from fpnstream.observe.metrics import Metrics
 from fpnstream.publish.connection import lazy_client
 from fpnstream.publish.sink import RedisStreamSink
 from fpnstream.runtime.build import build_pipeline
 from fpnstream.sources import SourceSpec, VideoDecoder
-
-log = logging.getLogger(__name__)
 
 
 class StreamWorker:
@@ -58,7 +55,7 @@ class StreamWorker:
         self._pipeline.start()
         return WorkerInfo(self.incarnation, detector.model_name, str(detector.device), socket.gethostname(), os.getpid())
 
-    def assign(self, spec: SourceSpec, owner: str, restart: bool) -> int:
+    def assign(self, spec: SourceSpec, owner: str, restart: bool) -> Assignment:
         """Take over a stream; returns the frame index it resumes from."""
         assert self._pipeline is not None and self._sink is not None, "load() first"
         # A resumed file skips the frames before `start` (they are in Redis already); a live
@@ -67,9 +64,8 @@ class StreamWorker:
         # A live stream that goes on from an earlier owner missed frames in between: say so.
         decoder = VideoDecoder(spec, self._cfg.decode, start_index=start, gap=spec.live and start > 0)
         # Its tracks go on from the state saved with its last published frame.
-        if self._pipeline.add_source(decoder, self._sink.saved_tracks(spec.stream_id)):
-            log.info("stream %s: tracks restored as of frame %d", spec.stream_id, start - 1)
-        return start
+        restored = self._pipeline.add_source(decoder, self._sink.saved_tracks(spec.stream_id))
+        return Assignment(start, restored)
 
     def unassign(self, stream_id: str) -> None:
         if self._pipeline is not None:
