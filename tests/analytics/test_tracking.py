@@ -86,8 +86,9 @@ def test_a_saved_state_is_data_only_and_bad_ones_are_refused():
     analyzer = StreamAnalyzer("s", TrackingConfig(enabled=True))
     run(analyzer, list(walkers(1, 0, frames=5)))
     data = json.loads(zlib.decompress(analyzer.save()))
-    assert data["tracker"]["tracks"]["__seq__"][0]["__obj__"].startswith("trackers.")
-    evil = {**data, "tracker": {**data["tracker"], "tracks": {"__seq__": [{"__obj__": "os._wrap_close", "attrs": {}}]}}}
+    assert data["tracker"]["attrs"]["tracks"]["__seq__"][0]["__obj__"].startswith("trackers.")
+    attrs = {**data["tracker"]["attrs"], "tracks": {"__seq__": [{"__obj__": "os._wrap_close", "attrs": {}}]}}
+    evil = {**data, "tracker": {**data["tracker"], "attrs": attrs}}
     for blob in (zlib.compress(json.dumps(evil).encode()), b"not zlib", zlib.compress(b"[1, 2]")):
         fresh = StreamAnalyzer("s", TrackingConfig(enabled=True))
         with pytest.raises(StateError):
