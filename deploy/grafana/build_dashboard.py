@@ -38,6 +38,11 @@ PANELS = [
     ("Coordinator: stream moves and hung workers / 15m", "short",
      [("sum by (reason) (increase(fpnstream_stream_moves_total[15m]))", "moves: {{reason}}"),
       ("sum(increase(fpnstream_worker_hangs_total[15m]))", "hung workers")]),
+    ("Zone occupancy (tracked objects inside)", "short",
+     [("sum by (stream, zone, class) (fpnstream_zone_occupancy)", "{{stream}} {{zone}} {{class}}")]),
+    ("Line crossings / 5m by direction", "short",
+     [("sum by (stream, line, direction, class) (increase(fpnstream_line_crossings_total[5m]))",
+       "{{stream}} {{line}} {{direction}} {{class}}")]),
 ]
 
 
