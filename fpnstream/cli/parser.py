@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
                             ">= 95 %% of boxes kept)")
     bench.add_argument("--channels-last", action="store_true", help="fast mode: backbone in NHWC")
     bench.add_argument("--compile", action="store_true", help="fast mode: torch.compile, warmed up for --size")
+    bench.add_argument("--openvino", action="store_true", help="fast mode: the backbone+FPN on OpenVINO (CPU)")
     bench.add_argument("--feed", action="store_true",
                        help="measure the host side instead: the pipeline with a zero-cost stand-in detector vs. "
                             "PyAV decoding alone (no model)")

@@ -88,6 +88,8 @@ class ModelConfig(_Strict):
     channels_last: bool = Field(default=False, description="NHWC memory layout for the backbone")
     compile: bool = Field(default=False, description="torch.compile the backbone and RPN head (static shape per "
                                                       "frame size; reduce-overhead/CUDA graphs on CUDA)")
+    backbone_runtime: Literal["torch", "openvino"] = Field(
+        default="torch", description="CPU: run the backbone+FPN with OpenVINO (pip install openvino), fp32")
     warmup_sizes: tuple[str, ...] = Field(
         default=(), description="frame sizes WxH to run once at load (compiles them), e.g. [1280x720]")
 

@@ -10,8 +10,10 @@ benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import torch
@@ -52,10 +54,16 @@ def use_low_precision(model: torch.nn.Module, dtype: torch.dtype, device_type: s
 
 
 def accelerate(model: torch.nn.Module, device: torch.device, precision: str, channels_last: bool,
-               compile: bool) -> tuple[str, torch.memory_format]:
+               compile: bool, runtime: str = "torch", lanes: int = 1) -> tuple[str, torch.memory_format]:
     """Apply the configured fast paths; returns the precision in effect and the backbone's
     input memory format."""
     cuda = device.type == "cuda"
+    if runtime == "openvino":
+        if cuda:
+            log.warning("backbone_runtime openvino applies on CPU only; running torch on %s", device)
+        else:
+            use_openvino_backbone(model, lanes)
+            channels_last = compile = False  # OpenVINO picks its own layouts and kernels
     if precision in ("fp16", "bf16") and not cuda:
         log.warning("precision %s applies on CUDA only; running fp32 on %s", precision, device)
         precision = "fp32"
@@ -123,3 +131,58 @@ def warm_up(detector, sizes: Sequence[tuple[int, int]], batch_sizes: Sequence[in
         log.info("detector warmed up for %s (batches of %s) in %.1f s", ", ".join(f"{w}x{h}" for w, h in sizes),
                  "/".join(map(str, batch_sizes)), took)
     return took
+
+
+class OpenVinoBackbone(torch.nn.Module):
+    """The backbone+FPN run by OpenVINO's CPU runtime instead of torch: same fp32 arithmetic
+    (measured: every fp32 detection kept), about twice as fast on this project's CPU. The
+    network is converted once and compiled per input shape (a stream's frames never change
+    size); each lane thread gets its own infer request."""
+
+    def __init__(self, backbone: torch.nn.Module, lanes: int, threads_per_lane: int) -> None:
+        super().__init__()
+        self.out_channels = backbone.out_channels
+        self._torch = [backbone]  # a list: not a submodule, so .to()/.eval() leave it alone
+        self._config = {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(lanes),
+                        "INFERENCE_NUM_THREADS": str(lanes * threads_per_lane), "INFERENCE_PRECISION_HINT": "f32"}
+        self._compiled: dict[tuple[int, ...], Any] = {}
+        self._names: list[str] = []
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def _compile(self, shape: tuple[int, ...]) -> Any:
+        import openvino as ov
+
+        with self._lock:
+            if shape not in self._compiled:
+                backbone = self._torch[0]
+
+                class _Tuple(torch.nn.Module):  # OpenVINO wants a tuple of outputs, not a dict
+                    def __init__(self) -> None:
+                        super().__init__()
+                        self.inner = backbone
+
+                    def forward(self, x: torch.Tensor):
+                        return tuple(self.inner(x).values())
+
+                with torch.inference_mode(False), torch.no_grad():
+                    example = torch.zeros(shape)
+                    self._names = list(backbone(example).keys())
+                    model = ov.convert_model(_Tuple().eval(), example_input=example)
+                self._compiled[shape] = ov.Core().compile_model(model, "CPU", self._config)
+                log.info("OpenVINO backbone compiled for input %s", "x".join(map(str, shape)))
+            return self._compiled[shape]
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        shape = tuple(x.shape)
+        requests = self._local.__dict__.setdefault("requests", {})
+        request = requests.get(shape)
+        if request is None:
+            request = requests[shape] = self._compile(shape).create_infer_request()
+        out = request.infer({0: x.contiguous().numpy()})
+        # copies: the request's output buffers are reused by its next call
+        return OrderedDict((name, torch.from_numpy(out[i].copy())) for i, name in enumerate(self._names))
+
+
+def use_openvino_backbone(model: torch.nn.Module, lanes: int) -> None:
+    model.backbone = OpenVinoBackbone(model.backbone, lanes, max(1, torch.get_num_threads()))

@@ -193,6 +193,7 @@ class Detector:
         channels_last: bool = False,
         lanes: int = 1,
         compile: bool = False,
+        backbone_runtime: str = "torch",
     ) -> None:
         """`lanes`: how many threads may call `detect` at once (the model is shared)."""
         self.lanes = lanes
@@ -204,7 +205,8 @@ class Detector:
         self._allowed = None if allowed_labels is None else torch.tensor(sorted(allowed_labels), device=device)
         from fpnstream.detection.acceleration import accelerate
 
-        self.precision, self._memory_format = accelerate(self.model, device, precision, channels_last, compile)
+        self.precision, self._memory_format = accelerate(self.model, device, precision, channels_last, compile,
+                                                         backbone_runtime, lanes)
         self._local = threading.local()  # pinned buffers per lane: each lane syncs only its own copies
 
     @classmethod
@@ -225,7 +227,7 @@ class Detector:
                 raise ModelError(f"unknown class name(s) in allow-list: {', '.join(unknown)}")
             allowed = frozenset(i for i, n in enumerate(names) if n in cfg.classes)
         detector = cls(model, names, cfg.name, device, cfg.max_detections, allowed, cfg.precision, cfg.channels_last,
-                       lanes, cfg.compile)
+                       lanes, cfg.compile, cfg.backbone_runtime)
         if cfg.warmup_sizes:
             from fpnstream.detection.acceleration import warm_up
 

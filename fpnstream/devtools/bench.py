@@ -143,7 +143,8 @@ def accuracy_check(paths: list[Path], model_cfg: ModelConfig, frames: int = 16) 
 
     sample = _decode(paths[0], frames)
     fp32 = Detector.from_config(model_cfg.model_copy(update={"precision": "fp32", "channels_last": False,
-                                                             "compile": False, "warmup_sizes": ()}))
+                                                             "compile": False, "warmup_sizes": (),
+                                                             "backbone_runtime": "torch"}))
     fast = Detector.from_config(model_cfg)
     report = match_rate(fp32.detect(sample).detections, fast.detect(sample).detections, min_score=model_cfg.score_threshold)
     return {"precision": fast.precision, "channels_last": model_cfg.channels_last, "compile": model_cfg.compile,
@@ -193,14 +194,16 @@ class FastMode:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    openvino: bool = False  # the backbone+FPN on OpenVINO (CPU)
 
     @property
     def active(self) -> bool:
-        return self.precision != "fp32" or self.channels_last or self.compile
+        return self.precision != "fp32" or self.channels_last or self.compile or self.openvino
 
     @property
     def label(self) -> str:
-        parts = [self.precision] + ["channels_last"] * self.channels_last + ["compiled"] * self.compile
+        parts = ([self.precision] + ["OpenVINO backbone"] * self.openvino + ["channels_last"] * self.channels_last
+                 + ["compiled"] * self.compile)
         return " + ".join(parts)
 
 
@@ -236,7 +239,8 @@ def bench(clips: int, frames: int, width: int, height: int, model: str, batch: i
         # thread count as the naive loop, so the comparison is about the pipeline, not threads.
         exact = ModelConfig(name=model, weights=str(ckpt), device=device, score_threshold=0.5, torch_threads=threads)
         quick = exact.model_copy(update={"precision": fast.precision, "channels_last": fast.channels_last,
-                                         "compile": fast.compile, "warmup_sizes": (f"{width}x{height}",)})
+                                         "compile": fast.compile, "warmup_sizes": (f"{width}x{height}",),
+                                         "backbone_runtime": "openvino" if fast.openvino else "torch"})
         steps = 3 + int(with_ray) + int(load > 0) + 2 * int(fast.active)
         on_step(0, steps, "baseline")
         base = run_baseline(paths, exact)

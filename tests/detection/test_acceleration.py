@@ -51,6 +51,15 @@ def test_compiled_backbone_is_warmed_up_at_load_and_keeps_every_detection(firing
     assert report.passed, report
 
 
+def test_openvino_backbone_keeps_every_detection(firing_checkpoint, fp32):
+    from fpnstream.detection.acceleration import OpenVinoBackbone
+
+    det = Detector.from_config(parity_cfg(firing_checkpoint, backbone_runtime="openvino"))
+    assert isinstance(det.model.backbone, OpenVinoBackbone)
+    report = match_rate(fp32, det.detect(frames_of(IMAGES)).detections, min_score=0.5)
+    assert report.passed and report.rate == 1.0, report
+
+
 def test_bad_warmup_size_is_one_line():
     with pytest.raises(ConfigError) as e:
         build_config({"model": {"warmup_sizes": ["1280by720"]}})
