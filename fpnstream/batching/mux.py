@@ -21,6 +21,7 @@ class DropPolicy(enum.Enum):
 class _StreamQueue:
     capacity: int
     policy: DropPolicy
+    space: threading.Condition  # its blocked producer waits here (shares the mux's lock)
     items: deque[tuple[Frame, float]] = field(default_factory=deque)
     closed: bool = False
 
@@ -57,7 +58,11 @@ class FrameMux:
         self._stale_after_s = stale_after_s
         self._wall_clock = wall_clock
         self._queues: dict[str, _StreamQueue] = {}
-        self._cond = threading.Condition()
+        # One lock; the batcher waits on `_cond`, each stream's producer on its queue's
+        # `space`, so a frame put wakes the batcher only, and a frame taken wakes only the
+        # producer of that stream (not every decoder thread on every frame).
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._on_drop = on_drop or (lambda stream, reason, n: None)
         self._clock = clock
         self._rr = 0
@@ -67,7 +72,7 @@ class FrameMux:
         with self._cond:
             if stream_id in self._queues and not self._queues[stream_id].closed:
                 raise ValueError(f"stream {stream_id!r} is already open")
-            self._queues[stream_id] = _StreamQueue(capacity, policy)
+            self._queues[stream_id] = _StreamQueue(capacity, policy, threading.Condition(self._lock))
 
     def put(self, frame: Frame) -> bool:
         """Enqueue a frame; False if its stream was closed or the mux shut down (not accepted)."""
@@ -77,14 +82,14 @@ class FrameMux:
                 return False
             if q.policy is DropPolicy.BLOCK:
                 while len(q.items) >= q.capacity and not q.closed:
-                    self._cond.wait()
+                    q.space.wait()
                 if q.closed:
                     return False
             elif len(q.items) >= q.capacity:
                 q.items.popleft()
                 self._on_drop(frame.stream_id, "queue_full", 1)
             q.items.append((frame, self._clock()))
-            self._cond.notify_all()
+            self._cond.notify()
             return True
 
     def close_stream(self, stream_id: str) -> None:
@@ -92,6 +97,7 @@ class FrameMux:
         with self._cond:
             if stream_id in self._queues:
                 self._queues[stream_id].closed = True
+                self._queues[stream_id].space.notify_all()
             self._cond.notify_all()
 
     def seal(self) -> None:
@@ -106,7 +112,13 @@ class FrameMux:
             self._shutdown = True
             for q in self._queues.values():
                 q.closed = True
+                q.space.notify_all()
             self._cond.notify_all()
+
+    def _wake_producers(self) -> None:
+        for q in self._queues.values():
+            if q.policy is DropPolicy.BLOCK and len(q.items) < q.capacity:
+                q.space.notify()
 
     def depths(self) -> dict[str, int]:
         with self._cond:
@@ -183,7 +195,7 @@ class FrameMux:
             deadline = self._clock() + max_wait_s
             while True:
                 self._take_round_robin(taken, max_size)
-                self._cond.notify_all()  # space freed for blocked producers
+                self._wake_producers()  # space freed for blocked producers
                 if len(taken) >= max_size or self._finished():
                     break
                 remaining = deadline - self._clock()

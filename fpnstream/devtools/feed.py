@@ -53,17 +53,22 @@ class StandInDetector:
 
 
 def decode_alone(paths: list[Path]) -> float:
-    """Frames/s of PyAV decoding every clip at once, one thread per clip, to RGB arrays."""
-    import av
+    """Frames/s of fpnstream's own decoder (PyAV, same codec threads, RGB arrays) reading
+    every clip at once, one thread per clip, doing nothing else with the frames."""
+    from fpnstream.config.settings import DecodeConfig
+    from fpnstream.sources import VideoDecoder
+    from fpnstream.sources.spec import SourceSpec
 
     counts = [0] * len(paths)
 
     def work(i: int, path: Path) -> None:
-        with av.open(str(path)) as c:
-            c.streams.video[0].thread_type = "AUTO"
-            for f in c.decode(video=0):
-                f.to_ndarray(format="rgb24")
+        decoder = VideoDecoder(SourceSpec(path.stem, str(path), live=False), DecodeConfig())
+        decoder.open()
+        try:
+            for _ in decoder.frames():
                 counts[i] += 1
+        finally:
+            decoder.close()
 
     threads = [threading.Thread(target=work, args=(i, p)) for i, p in enumerate(paths)]
     t0 = time.perf_counter()
@@ -74,8 +79,9 @@ def decode_alone(paths: list[Path]) -> float:
     return sum(counts) / (time.perf_counter() - t0)
 
 
-def pipeline_fed(paths: list[Path], batch: int, batch_s: float, redis_url: str) -> tuple[float, dict]:
-    """Frames/s through the in-process pipeline with the stand-in; and stage ms per frame."""
+def pipeline_fed(paths: list[Path], batch: int, batch_s: float, redis_url: str) -> tuple[float, int, dict]:
+    """Frames/s through the in-process pipeline with the stand-in, frames published, and
+    stage ms per frame."""
     from fpnstream.config.settings import build_config
     from fpnstream.detection.backends import InProcessBackend
     from fpnstream.observe.metrics import Metrics
@@ -103,7 +109,7 @@ def pipeline_fed(paths: list[Path], batch: int, batch_s: float, redis_url: str) 
     backend.close()
     from fpnstream.devtools.bench import _stage_means
 
-    return report.published / secs, _stage_means(metrics, report.published)
+    return report.published / secs, report.published, _stage_means(metrics, report.published)
 
 
 def feed_bench(clips: int, frames: int, width: int, height: int, batch: int, out_dir: Path,
@@ -119,10 +125,11 @@ def feed_bench(clips: int, frames: int, width: int, height: int, batch: int, out
         alone = decode_alone(paths)
         on_step(1, 3, "pipeline with the stand-in detector")
         with EmbeddedRedis(Path(tmp) / "redis") as redis_server:
-            fed, stages = pipeline_fed(paths, batch, batch_ms / 1000.0, redis_server.url)
+            fed, published, stages = pipeline_fed(paths, batch, batch_ms / 1000.0, redis_server.url)
     doc = {"input": {"clips": clips, "frames_per_clip": frames, "size": f"{width}x{height}", "batch": batch,
                      "stand_in_batch_ms": batch_ms},
            "decode_alone_fps": round(alone, 1), "pipeline_fps": round(fed, 1), "ratio": round(fed / alone, 3),
+           "published": published,
            "pipeline_stage_ms_per_frame": stages}
     (out_dir / "feed.json").write_text(json.dumps(doc, indent=2) + "\n")
     return doc

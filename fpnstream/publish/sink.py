@@ -1,4 +1,4 @@
-"""The publish stage: one Redis Streams entry per frame, one round trip per batch.
+"""The publish stage: one Redis Streams entry per frame, one script call per batch.
 
 Writes go through a small Lua script so each stream's writes are idempotent and fenced:
 - a frame at or below the stream's recorded `last_frame` is skipped, so a retried batch or a
@@ -9,6 +9,7 @@ Writes go through a small Lua script so each stream's writes are idempotent and 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from itertools import groupby
@@ -22,41 +23,56 @@ from fpnstream.core.redact import redact_text
 from fpnstream.publish.schema import encode_entry
 from fpnstream.publish.keys import events_key, status_key, stream_key
 
-# KEYS: stream key, status hash, events stream. ARGV: owner token ("" = unfenced), maxlen
-# (0 = none), entry count, then per entry: frame index, field count, field, value, ...,
-# event count, then per event: field count, field, value, ...; last: the stream's tracker
-# state after the batch ("" = not tracked). Entries, events and state land together or not.
+# One call per batch, for every stream in it. KEYS: per stream its entries stream, status
+# hash and events stream. ARGV[1]: maxlen (0 = none); then per stream: owner token ("" =
+# unfenced), entry count, per entry: frame index, field count, field, value, ..., event
+# count, per event: field count, field, value, ...; and last the stream's tracker state
+# after the batch ("" = not tracked). Returns per stream the entries written, -1 if fenced.
+# A stream's entries, events and state land together or not at all.
 _PUBLISH = """
-local owner = redis.call('HGET', KEYS[2], 'owner')
-if ARGV[1] ~= '' and owner and owner ~= ARGV[1] then return -1 end
-local last = tonumber(redis.call('HGET', KEYS[2], 'last_frame') or '-1')
-local maxlen = tonumber(ARGV[2])
+local maxlen = tonumber(ARGV[1])
 local function add(key, from, n)
   local args = {key}
-  if maxlen > 0 then args[#args + 1] = 'MAXLEN'; args[#args + 1] = '~'; args[#args + 1] = ARGV[2] end
+  if maxlen > 0 then args[#args + 1] = 'MAXLEN'; args[#args + 1] = '~'; args[#args + 1] = ARGV[1] end
   args[#args + 1] = '*'
   for f = from, from + 2 * n - 1 do args[#args + 1] = ARGV[f] end
   redis.call('XADD', unpack(args))
 end
-local i, written = 4, 0
-for _ = 1, tonumber(ARGV[3]) do
-  local frame, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
-  local fresh = frame > last
-  if fresh then add(KEYS[1], i + 2, n) end
-  i = i + 2 + 2 * n
-  local events = tonumber(ARGV[i])
-  i = i + 1
-  for _ = 1, events do
-    local k = tonumber(ARGV[i])
-    if fresh then add(KEYS[3], i + 1, k) end
-    i = i + 1 + 2 * k
+local out, i = {}, 2
+for s = 1, #KEYS / 3 do
+  local entries_key, status_key, events_key = KEYS[3 * s - 2], KEYS[3 * s - 1], KEYS[3 * s]
+  local owner_arg, count = ARGV[i], tonumber(ARGV[i + 1])
+  i = i + 2
+  local owner = redis.call('HGET', status_key, 'owner')
+  local fenced = owner_arg ~= '' and owner and owner ~= owner_arg
+  local last = tonumber(redis.call('HGET', status_key, 'last_frame') or '-1')
+  local written = 0
+  for _ = 1, count do
+    local frame, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+    local fresh = not fenced and frame > last
+    if fresh then add(entries_key, i + 2, n) end
+    i = i + 2 + 2 * n
+    local events = tonumber(ARGV[i])
+    i = i + 1
+    for _ = 1, events do
+      local k = tonumber(ARGV[i])
+      if fresh then add(events_key, i + 1, k) end
+      i = i + 1 + 2 * k
+    end
+    if fresh then last, written = frame, written + 1 end
   end
-  if fresh then last, written = frame, written + 1 end
+  local state = ARGV[i]
+  i = i + 1
+  if fenced then
+    out[s] = -1
+  else
+    if state ~= '' then redis.call('HSET', status_key, 'tracks', state) end
+    redis.call('HSET', status_key, 'last_frame', last)
+    redis.call('HINCRBY', status_key, 'published', written)
+    out[s] = written
+  end
 end
-if ARGV[i] ~= '' then redis.call('HSET', KEYS[2], 'tracks', ARGV[i]) end
-redis.call('HSET', KEYS[2], 'last_frame', last)
-redis.call('HINCRBY', KEYS[2], 'published', written)
-return written
+return out
 """
 
 
@@ -109,7 +125,7 @@ class RedisStreamSink:
         self._maxlen = maxlen
         self._model = model_name
         self._clock = clock
-        self._script = client.register_script(_PUBLISH)
+        self._publish_sha = hashlib.sha1(_PUBLISH.encode()).hexdigest()
         self._claim = client.register_script(_CLAIM)
         self._owners: dict[str, str] = {}
         self._runs: dict[str, int] = {}
@@ -135,6 +151,15 @@ class RedisStreamSink:
     def run_of(self, stream_id: str) -> int:
         return self._runs.get(stream_id, 1)
 
+    def _evalsha(self, keys: list[str], args: list) -> list:
+        """The publish script in one round trip; loaded into Redis the first time (or again
+        after a Redis restart lost its script cache)."""
+        try:
+            return self._client.evalsha(self._publish_sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            self._client.script_load(_PUBLISH)
+            return self._client.evalsha(self._publish_sha, len(keys), *keys, *args)
+
     def publish(self, result: BatchResult) -> PublishResult:
         """Write the batch in one round trip.
 
@@ -142,16 +167,17 @@ class RedisStreamSink:
         entry); the returned latencies, used for metrics, include the Redis round trip.
         """
         now = self._clock()
-        pipe = self._client.pipeline(transaction=False)
-        order: list[str] = []
         events: dict[tuple[str, int], list] = {}
         for e in result.events:
             events.setdefault((e.stream_id, e.frame), []).append(e)
+        keys: list[str] = []
+        args: list = [self._maxlen]
+        order: list[str] = []
         pairs = sorted(zip(result.metas, result.detections), key=lambda p: p[0].stream_id)  # stable: keeps frame order
         for sid, group in groupby(pairs, key=lambda p: p[0].stream_id):
             run = self._runs.get(sid, 1)
-            args: list = [self._owners.get(sid, ""), self._maxlen, 0]
-            count = 0
+            group = list(group)
+            args += [self._owners.get(sid, ""), len(group)]
             for meta, dets in group:
                 fields = encode_entry(meta, dets, self._model, now, run)
                 args += [meta.index, len(fields)]
@@ -164,15 +190,12 @@ class RedisStreamSink:
                     args.append(len(ef))
                     for k, v in ef.items():
                         args += [k, v]
-                count += 1
-            args[2] = count
             analytics = result.analytics.get(sid)
             args.append(analytics.state if analytics is not None else "")
-            keys = [stream_key(self._prefix, sid), status_key(self._prefix, sid), events_key(self._prefix, sid)]
-            self._script(keys=keys, args=args, client=pipe)
+            keys += [stream_key(self._prefix, sid), status_key(self._prefix, sid), events_key(self._prefix, sid)]
             order.append(sid)
         try:
-            replies = pipe.execute()
+            replies = self._evalsha(keys, args) if keys else []
         except redis.RedisError as e:
             raise SinkError(f"publishing to Redis failed: {redact_text(str(e))}") from None
         done = self._clock()

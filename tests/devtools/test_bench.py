@@ -9,28 +9,33 @@ from tests.conftest import run_cli
 def test_bench_writes_json_markdown_and_plot(tmp_path):
     out = tmp_path / "bench"
     proc = run_cli("bench", "--clips", "2", "--frames", "4", "--size", "160x120", "--batch-size", "2", "--no-ray",
-                   "--device", "cpu", "--precision", "fp16", "--load", "0.5", "--load-seconds", "3", "--out", str(out),
+                   "--device", "cpu", "--precision", "int8", "--load", "0.5", "--load-seconds", "3", "--out", str(out),
                    timeout=400)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((out / "bench.json").read_text())
     names = [r["name"] for r in doc["results"]]
-    assert names[:2] == ["baseline (naive loop)", "pipeline, in-process"] and len(names) == 3
-    base, pipe, paced = doc["results"]
+    assert names[:3] == ["baseline (naive loop)", "pipeline, in-process", "pipeline, in-process, int8"]
+    assert len(names) == 4
+    base, pipe, fast, paced = doc["results"]
     # paced at half the measured throughput: it keeps up, so it runs at about the set rate
-    assert names[2].startswith("pipeline, in-process, 50% load (2 x ") and paced["frames"] >= 4
-    assert paced["fps"] < pipe["fps"] and paced["latency_ms"]["p99"] < pipe["latency_ms"]["p99"]
-    assert base["frames"] == pipe["frames"] == 8
+    assert names[3].startswith("pipeline, in-process, 50% load (2 x ") and paced["frames"] >= 4
+    assert paced["fps"] < max(pipe["fps"], fast["fps"]) and paced["latency_ms"]["p99"] < pipe["latency_ms"]["p99"]
+    assert base["frames"] == pipe["frames"] == fast["frames"] == 8
     assert base["fps"] > 0 and pipe["fps"] > 0 and base["ratio"] == 1.0
     assert abs(pipe["ratio"] - pipe["fps"] / base["fps"]) < 0.01
     assert set(pipe["latency_ms"]) == {"p50", "p95", "p99"} and pipe["latency_ms"]["p50"] <= pipe["latency_ms"]["p99"]
     assert {"decode", "inference", "publish"} <= set(pipe["stage_ms"]) and pipe["stage_ms"]["inference"] > 0
-    assert doc["gflops_per_frame"] > 0 and "_ops" in doc["gflops_source"] and doc["peak_flops_measured"] > 1e9
+    # FLOPs counted on this input, not taken from a reference size: the box head's GEMM
+    # over every proposal is there beside the convolutions
+    assert "FlopCounterMode" in doc["gflops_source"] and doc["peak_flops_measured"] > 1e9
+    assert doc["gflops_by_op"]["convolution"] > 0 and doc["gflops_by_op"]["addmm"] > 0
+    assert abs(sum(doc["gflops_by_op"].values()) - doc["gflops_per_frame"]) < 0.01
     assert 0 < pipe["fraction_of_peak"] < 1
-    # fp16 is CUDA-only: on this CPU the detector runs fp32 and the check must find every box
-    acc = doc["accuracy"]
-    assert acc["precision"] == "fp32" and acc["fp32_detections"] > 0 and acc["rate"] == 1.0 and acc["passed"]
+    acc = doc["accuracy"]  # int8 on the CPU is real: the check gives its verdict either way
+    assert acc["precision"] == "int8" and acc["fp32_detections"] > 0 and 0 < acc["rate"] <= 1
+    assert acc["passed"] == (acc["rate"] >= 0.95 and acc["extra"] <= 0.05 * acc["fp32_detections"])
     md = (out / "bench.md").read_text()
-    assert "| baseline (naive loop) | 8 |" in md and "Accuracy of fp32" in md
+    assert "| baseline (naive loop) | 8 |" in md and "Accuracy of int8" in md
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert "| pipeline, in-process | 8 |" in proc.stdout
 
