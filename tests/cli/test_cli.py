@@ -193,3 +193,29 @@ def test_synth_writes_a_decodable_clip(tmp_path):
     frames = reference_frames(tmp_path / "s.mkv")
     assert len(frames) == 7 and frames[0][2].shape == (64, 96, 3)
     assert_clean_error(run_cli("synth", str(tmp_path / "x.mp4"), "--size", "big"), "--size must look like")
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--zone", "door:0,0;10,0"], "polygon"),  # two points are not a zone
+        (["--zone", "door:0,0;10,0;oops"], "point 'oops' is not x,y"),
+        (["--line", "gate:0,0;0,0"], "start and end are the same point"),
+        (["--line", "a b:0,0;5,5"], "name"),
+    ],
+)
+def test_streams_add_rejects_bad_zones_and_lines_in_one_line(redis_proc, extra, fragment):
+    proc = run_cli("streams", "--redis-url", redis_proc.url, "add", "cam=rtsp://h/x", *extra)
+    assert_clean_error(proc, fragment)
+    assert redis_proc.client().xlen("fpnstream:control") == 0  # nothing half-sent
+
+
+def test_streams_add_sends_zones_lines_and_tracking_as_data(redis_proc):
+    proc = run_cli("streams", "--redis-url", redis_proc.url, "add", "cam=rtsp://h/x", "--track",
+                   "--zone", "lobby:0,0;100,0;100,50", "--line", "door:0,20;100,20")
+    assert proc.returncode == 0, proc.stderr
+    ((_, cmd),) = redis_proc.client().xrange("fpnstream:control")
+    analytics = json.loads(cmd[b"analytics"])
+    assert analytics == {"tracking": {"enabled": True},
+                         "zones": [{"name": "lobby", "polygon": [[0.0, 0.0], [100.0, 0.0], [100.0, 50.0]]}],
+                         "lines": [{"name": "door", "start": [0.0, 20.0], "end": [100.0, 20.0]}]}
