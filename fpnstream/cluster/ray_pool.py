@@ -81,6 +81,8 @@ class RayPool:
         if not use_gpu and cfg.model.torch_threads is None:
             # Ray starts a CPU actor with OMP_NUM_THREADS=1 whatever it reserved; use what it reserved.
             self._cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"torch_threads": max(1, int(num_cpus))})})
+        self._bundle = {"GPU": rc.num_gpus_per_actor} if use_gpu else {}
+        self._bundle["CPU"] = num_cpus
         actor_cls = ray.remote(StreamWorker).options(
             num_gpus=rc.num_gpus_per_actor if use_gpu else 0,
             num_cpus=num_cpus,
@@ -92,6 +94,7 @@ class RayPool:
 
     def start(self) -> list[WorkerInfo]:
         n, actor_cls = self._sized()
+        self._actor_cls = actor_cls
         self._actors = [actor_cls.remote(self._cfg, self._redis_url) for _ in range(n)]
         try:
             return ray.get([a.load.remote() for a in self._actors])
@@ -163,6 +166,21 @@ class RayPool:
                 except (RayActorError, RayTaskError):
                     continue
         return out
+
+    def grow(self) -> int:
+        self._actors.append(self._actor_cls.remote(self._cfg, self._redis_url))
+        index = len(self._actors) - 1
+        self._loading[index] = self._actors[index].load.remote()
+        return index
+
+    def spare_capacity(self) -> bool:
+        free = ray.available_resources()
+        return all(free.get(k, 0.0) >= v for k, v in self._bundle.items() if v > 0)
+
+    def request_capacity(self, workers: int) -> None:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[{k: v for k, v in self._bundle.items() if v > 0}] * workers)
 
     def close(self) -> None:
         for a in self._actors:

@@ -131,6 +131,13 @@ class RayConfig(_Strict):
     hang_factor: float = Field(default=10.0, ge=1, le=1000,
                                description="a batch running this many recent batch times means a hung worker...")
     hang_floor_s: float = Field(default=60.0, gt=0, le=3600, description="...but never before this many seconds")
+    max_actors: int = Field(default=64, ge=1, le=4096,
+                            description="without num_actors the pool grows with the cluster up to this many workers")
+    streams_per_worker: int = Field(default=16, ge=1, le=10_000,
+                                    description="streams one worker is meant to hold; more asks Ray's autoscaler for workers")
+    balance_tolerance: float = Field(default=1.0, ge=0, le=10_000,
+                                     description="load (streams weighted by measured frames/s) a worker may exceed another by")
+    balance_cooldown_s: float = Field(default=30.0, ge=0, le=86_400, description="a stream moved to balance stays put this long")
 
 
 class RedisConfig(_Strict):

@@ -142,6 +142,9 @@ class DriverMetrics:
             registry=r)
         self.stream_moves = Counter(
             "fpnstream_stream_moves_total", "Streams moved to another worker, by reason", ["reason"], registry=r)
+        self.workers_wanted = Gauge(
+            "fpnstream_workers_wanted", "Workers the running streams need (ray.streams_per_worker each), as asked "
+            "of Ray's autoscaler; 0 until more than the cluster holds were needed", registry=r)
         self.redis_up.set(1)
 
 

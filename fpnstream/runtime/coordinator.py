@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 
 import logging
+import math
 import os
+import time
 import uuid
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Mapping
@@ -28,6 +30,7 @@ from fpnstream.observe.metrics import DriverMetrics
 from fpnstream.publish.control import expand_env
 from fpnstream.runtime.pool import ClaimFailed, WorkerGone, WorkerPool
 from fpnstream.runtime.roster import WorkerRoster, WorkerState
+from fpnstream.runtime.scaling import Placement, PoolScaler, ScalingPolicy
 from fpnstream.runtime.status_board import StatusBoard
 from fpnstream.sources import SourceSpec, resolve_sources
 
@@ -45,6 +48,27 @@ class _Stream:
     start: int = 0  # the first frame its current owner publishes (a file's resume point)
     last_move: str = ""
     displaced: str = ""  # why it lost its worker, until another one has claimed it
+    moved_at: float = -math.inf  # when it was last moved to balance load (monotonic)
+
+
+def _status_fields(sid: str, s: _Stream) -> dict:
+    """A stream's status hash as the coordinator writes it."""
+    rep = s.report or StreamReport(sid)
+    state = s.ended or rep.state
+    if s.ended is None and s.worker is None:
+        state = StreamState.WAITING_FOR_WORKER
+    return {"state": state, "worker": "" if s.worker is None else s.worker, "fps": round(rep.fps, 2),
+            "decoded": rep.decoded, "dropped": rep.dropped, "last_frame_ts": rep.last_frame_ts,
+            "error": redact_text(rep.error or ""), "moves": s.moves, "last_move": s.last_move,
+            "reconnects": rep.reconnects}
+
+
+def _row(sid: str, s: _Stream) -> StreamRow:
+    """A stream's line in the operator's view."""
+    rep = s.report or StreamReport(sid)
+    state = s.ended or (rep.state if s.worker is not None else StreamState.WAITING_FOR_WORKER)
+    done = s.start + rep.published if not s.spec.live else rep.published
+    return StreamRow(sid, state, s.worker, done, rep.total, rep.fps, rep.latency_s, dict(rep.dropped))
 
 
 class Coordinator:
@@ -59,6 +83,8 @@ class Coordinator:
         self._driver_metrics = driver_metrics
         self._environ = environ
         self._roster = WorkerRoster(pool, cfg.ray, board, driver_metrics, on_worker_metrics)
+        elastic = cfg.ray.num_actors is None and not cfg.ray.in_process
+        self._scaler = PoolScaler(ScalingPolicy(cfg.ray, elastic), self._roster, pool, driver_metrics)
         self._streams: dict[str, _Stream] = {}
 
     # -- workers -----------------------------------------------------------------------------
@@ -75,11 +101,11 @@ class Coordinator:
                 load[s.worker] += 1
         return min(healthy, key=lambda w: (load[w.index], w.index))
 
-    def _assign(self, s: _Stream) -> None:
+    def _assign(self, s: _Stream, target: WorkerState | None = None) -> None:
         s.worker = None  # until a worker has claimed it; waits for Redis or a worker otherwise
         if s.restart is None:  # first start in this job: resume a cut-short run, or a new run
             s.restart = self._board.starts_new_run(s.spec.stream_id, self._cfg.restart)
-        w = self._pick_worker()
+        w = target or self._pick_worker()
         if w is None or s.restart is None or not self._board.up:
             return
         owner = uuid.uuid4().hex
@@ -131,6 +157,9 @@ class Coordinator:
         for index, st in self._roster.poll():
             self._take_reports(index, st)
         self._rebalance()
+        self._scaler.tick([Placement(sid, s.worker, s.report.fps if s.report else 0.0, s.moved_at)
+                           for sid, s in self._streams.items() if s.ended is None and s.worker is not None],
+                          self._move)
         self._roster.record()
         for cmd in self._board.read_commands():
             self._apply(cmd)
@@ -143,6 +172,26 @@ class Coordinator:
                 s.report = rep
                 if rep.state.ended and s.ended is None:
                     s.ended = rep.state
+
+    def _move(self, stream_id: str, dst: int) -> bool:
+        """A graceful hand-off to balance load: the old worker stops reading (what it decoded
+        is still published), the new one claims with the fence and resumes after the last
+        published frame, so a file loses nothing and repeats nothing."""
+        s = self._streams[stream_id]
+        src = s.worker
+        try:
+            self._pool.unassign(src, stream_id)
+        except WorkerGone:
+            return False  # the next poll sees it; the stream moves as from a dead worker
+        self._assign(s, self._roster.workers[dst])
+        if s.worker is None:
+            return False  # Redis or the target said no: `_rebalance` places it on a later tick
+        s.moves += 1
+        s.moved_at = time.monotonic()
+        s.last_move = f"balanced from worker {src}"
+        self._driver_metrics.stream_moves.labels("balance").inc()
+        log.info("stream %s moved from worker %d to worker %d to balance load", stream_id, src, s.worker)
+        return True
 
     def _rebalance(self) -> None:
         """Give every running stream whose worker is down (or none) to a healthy worker."""
@@ -183,16 +232,7 @@ class Coordinator:
         for sid, s in self._streams.items():
             if not self._board.up:
                 return  # rewritten in full on the first tick after Redis is back
-            rep = s.report or StreamReport(sid)
-            state = s.ended or rep.state
-            if s.ended is None and s.worker is None:
-                state = StreamState.WAITING_FOR_WORKER
-            self._board.write(sid, {
-                "state": state, "worker": "" if s.worker is None else s.worker, "fps": round(rep.fps, 2),
-                "decoded": rep.decoded, "dropped": rep.dropped, "last_frame_ts": rep.last_frame_ts,
-                "error": redact_text(rep.error or ""), "moves": s.moves, "last_move": s.last_move,
-                "reconnects": rep.reconnects,
-            })
+            self._board.write(sid, _status_fields(sid, s))
 
     # -- lifecycle ---------------------------------------------------------------------------
     def ready(self) -> bool:
@@ -204,12 +244,7 @@ class Coordinator:
 
     def snapshot(self, seconds: float) -> JobSnapshot:
         """The operator's view of the job now."""
-        rows = []
-        for sid, s in self._streams.items():
-            rep = s.report or StreamReport(sid)
-            state = s.ended or (rep.state if s.worker is not None else StreamState.WAITING_FOR_WORKER)
-            done = s.start + rep.published if not s.spec.live else rep.published
-            rows.append(StreamRow(sid, state, s.worker, done, rep.total, rep.fps, rep.latency_s, dict(rep.dropped)))
+        rows = [_row(sid, s) for sid, s in self._streams.items()]
         workers = tuple((w.index, w.healthy, w.info.device if w.info else "", w.batch_s) for w in self._roster.workers)
         return JobSnapshot(seconds, self._board.up, workers, tuple(rows))
 

@@ -52,6 +52,15 @@ class WorkerPool(Protocol):
     def drain(self, grace_s: float, indices: list[int]) -> dict[int, WorkerStatus]:
         """Those workers stop reading and finish what they decoded; their final status."""
 
+    def grow(self) -> int:
+        """Start one more worker (loading in the background); returns its index."""
+
+    def spare_capacity(self) -> bool:
+        """Whether the cluster has room for one more worker now."""
+
+    def request_capacity(self, workers: int) -> None:
+        """Ask the cluster's autoscaler for room for `workers` workers in all."""
+
     def close(self) -> None: ...
 
 
@@ -90,6 +99,15 @@ class LocalPool:
 
     def drain(self, grace_s: float, indices: list[int]) -> dict[int, WorkerStatus]:
         return {i: self._workers[i].drain(grace_s) for i in indices}
+
+    def grow(self) -> int:
+        raise NotImplementedError("an in-process pool has a fixed size")
+
+    def spare_capacity(self) -> bool:
+        return False  # one process: nothing joins
+
+    def request_capacity(self, workers: int) -> None:
+        pass
 
     def close(self) -> None:
         for w in self._workers:

@@ -31,6 +31,7 @@ class WorkerState:
     reloading: bool = False
     misses: int = 0  # status polls in a row without an answer
     batch_s: float = 0.0  # its recent detect time per batch
+    joining: bool = False  # added while running: not loaded yet for the first time
 
 
 class WorkerRoster:
@@ -49,6 +50,14 @@ class WorkerRoster:
         self.workers = [WorkerState(i, info, healthy=True) for i, info in enumerate(infos)]
         self.record()
         log.info("%d stream worker(s) ready: %s on %s", len(infos), infos[0].model, infos[0].device)
+
+    def add_worker(self) -> WorkerState:
+        """A new worker on capacity that appeared (a node joined); it loads in the
+        background and takes streams once it answers loaded."""
+        w = WorkerState(self._pool.grow(), reloading=True, joining=True)
+        self.workers.append(w)
+        log.info("cluster capacity for another worker: starting worker %d", w.index)
+        return w
 
     def record(self) -> None:
         for w in self.workers:
@@ -70,8 +79,9 @@ class WorkerRoster:
         for w, st in zip(self.workers, self._pool.poll(self._cfg.poll_interval_s)):
             if st is None:
                 # A busy worker can miss a poll (its threads hold the CPU); only a run of
-                # misses means it is gone. A dead one answers WorkerGone at once.
-                w.misses += 1
+                # misses means it is gone. A dead one answers WorkerGone at once. A joining
+                # one may still wait for Ray to place it.
+                w.misses += 0 if w.joining else 1
                 if w.misses >= self._cfg.poll_misses:
                     self.mark_down(w, "unresponsive", f"no answer to {w.misses} status polls")
             elif isinstance(st, WorkerGone):
@@ -112,4 +122,5 @@ class WorkerRoster:
             return
         if info is not None:
             w.info, w.healthy, w.recorded, w.reloading = info, True, False, False
-            log.info("worker %d is back", w.index)
+            log.info("worker %d %s", w.index, "joined" if w.joining else "is back")
+            w.joining = False

@@ -134,6 +134,11 @@ def test_kuberay_manifests():
     _check_cluster_spec(cluster["spec"])
     monitor = next(d for d in docs if d["kind"] == "PodMonitor")
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    auto = yaml.safe_load((DEPLOY / "kuberay" / "raycluster-autoscaling.yaml").read_text())
+    _check_cluster_spec(auto["spec"])
+    assert auto["spec"]["enableInTreeAutoscaling"] is True
+    group = auto["spec"]["workerGroupSpecs"][0]
+    assert 1 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"] <= 64  # ray.max_actors default
     job = yaml.safe_load((DEPLOY / "kuberay" / "rayjob.yaml").read_text())
     assert job["kind"] == "RayJob" and job["apiVersion"] == "ray.io/v1"
     assert job["spec"]["entrypoint"].startswith("fpnstream run")
