@@ -63,20 +63,23 @@ def test_node_joins_gets_a_share_then_leaves_and_streams_come_back(tmp_path, cli
 
 
 def _autoscaler_demand(address: str) -> list[dict]:
-    """The resource bundles requested of the autoscaler, as Ray's state API reports them."""
+    """The resource bundles requested of the autoscaler, read back from Ray's autoscaler
+    state: the GCS key the v1 autoscaler polls, or the v2 cluster status's constraints."""
+    import json
     import subprocess
     import sys
 
     code = ("import json, ray\n"
             f"ray.init(address={address!r}, logging_level='ERROR')\n"
+            "from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL\n"
+            "from ray.experimental.internal_kv import _internal_kv_get\n"
             "from ray.autoscaler.v2.sdk import get_cluster_status\n"
-            "from ray._private.worker import global_worker\n"
-            "st = get_cluster_status(global_worker.gcs_client.address)\n"
-            "out = [dict(d.bundles_by_count[0].bundle) for d in st.resource_demands.cluster_constraint_demand]\n"
-            "out = [dict(b.bundle) for d in st.resource_demands.cluster_constraint_demand for b in d.bundles_by_count for _ in range(b.count)]\n"
+            "v1 = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)\n"
+            "out = json.loads(v1) if v1 else []\n"
+            "st = get_cluster_status(ray.get_runtime_context().gcs_address)\n"
+            "out += [dict(b.bundle) for d in st.resource_demands.cluster_constraint_demand\n"
+            "        for b in d.bundles_by_count for _ in range(b.count)]\n"
             "print(json.dumps(out))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    import json
-
     return json.loads(proc.stdout.strip().splitlines()[-1])
