@@ -59,9 +59,14 @@ def read_status(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
     return rows
 
 
-def write_status(client: redis.Redis, prefix: str, stream_id: str, fields: dict[str, Any]) -> None:
-    clean = {k: json.dumps(v) if isinstance(v, dict) else ("" if v is None else str(v)) for k, v in fields.items()}
+def write_statuses(client: redis.Redis, prefix: str, rows: Mapping[str, dict[str, Any]]) -> None:
+    """Many streams' status hashes in one round trip (the coordinator writes every stream's
+    each tick: one round trip per stream was most of a tick with thousands of streams)."""
+    if not rows:
+        return
     pipe = client.pipeline(transaction=False)
-    pipe.sadd(streams_key(prefix), stream_id)
-    pipe.hset(status_key(prefix, stream_id), mapping=clean)
+    pipe.sadd(streams_key(prefix), *rows)
+    for stream_id, fields in rows.items():
+        clean = {k: json.dumps(v) if isinstance(v, dict) else ("" if v is None else str(v)) for k, v in fields.items()}
+        pipe.hset(status_key(prefix, stream_id), mapping=clean)
     pipe.execute()

@@ -229,10 +229,8 @@ class Coordinator:
                 self._board.write(cmd["id"], {"state": StreamState.FAILED, "error": redact_text(str(e))})
 
     def _write_status(self) -> None:
-        for sid, s in self._streams.items():
-            if not self._board.up:
-                return  # rewritten in full on the first tick after Redis is back
-            self._board.write(sid, _status_fields(sid, s))
+        if self._board.up:  # while Redis is away, rewritten in full on the first tick after
+            self._board.write_all({sid: _status_fields(sid, s) for sid, s in self._streams.items()})
 
     # -- lifecycle ---------------------------------------------------------------------------
     def ready(self) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 
 from fpnstream.core.reports import WorkerInfo
 from fpnstream.observe.metrics import DriverMetrics
-from fpnstream.publish.control import write_status
+from fpnstream.publish.control import write_statuses
 from fpnstream.publish.keys import control_key, workers_key
 from fpnstream.publish.keys import status_key
 from fpnstream.publish.sink import starts_new_run
@@ -37,7 +37,11 @@ class StatusBoard:
         self.link.probe()
 
     def write(self, stream_id: str, fields: dict[str, Any]) -> None:
-        self.link.call(write_status, self._client, self._prefix, stream_id, fields)
+        self.link.call(write_statuses, self._client, self._prefix, {stream_id: fields})
+
+    def write_all(self, rows: dict[str, dict[str, Any]]) -> None:
+        """Every stream's status in one round trip."""
+        self.link.call(write_statuses, self._client, self._prefix, rows)
 
     def record_worker(self, index: int, info: WorkerInfo) -> bool:
         """Where a worker runs (host, pid), for operators and fault-injection tests."""
