@@ -20,7 +20,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.
 # 1.0-2.0 s in quarter steps: the default freshness limit (2 s) can be read off the histogram.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
-STAGES = ("decode", "batch_wait", "preprocess", "inference", "postprocess", "track", "publish")
+# Exported from the start (zero counts) so dashboards see them; `track` appears once a
+# stream is tracked.
+STAGES = ("decode", "batch_wait", "preprocess", "inference", "postprocess", "publish")
 
 
 class Metrics:

@@ -1,5 +1,5 @@
-"""Tracks through `fpnstream run` on Ray: parity with the `trackers` library called directly,
-and identities and events that survive a worker SIGKILL and a driver restart."""
+"""Tracks through `fpnstream run`: parity with the `trackers` library called directly, and
+identities and events that survive a worker SIGKILL and a driver restart on Ray."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def test_published_track_ids_equal_the_library_on_torchvision_output(tmp_path, r
     clip = write_clip(tmp_path / "t.mp4", frames=20, width=160, height=120, seed=5)
     proc = run_cli("run", "--source", f"t={clip}", "--model", PARITY_MODEL, "--weights", str(firing_checkpoint),
                    "--min-size", str(PARITY_MIN_SIZE), "--max-size", str(PARITY_MAX_SIZE), "--score-threshold", "0.5",
-                   "--batch-size", "1", "--track", "--redis-url", redis_proc.url, "--metrics-port", "0", timeout=300)
+                   "--batch-size", "1", "--track", "--redis-url", redis_proc.url, "--metrics-port", "0", "--in-process",
+                   timeout=300)  # parity, not a fault: the in-process pool runs the same worker code
     assert proc.returncode == 0, proc.stderr[-3000:]
     docs = entries(redis_proc.client(), "fpnstream", "t")
     with av.open(str(clip)) as c:
@@ -104,13 +105,15 @@ def _args(cfg: str, redis_url: str, prefix: str, ckpt) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference_run(tracked_clip, tmp_path_factory, small_checkpoint):
-    """The same job without a fault: what every faulted run must publish."""
+    """The same job without a fault: what every faulted run must publish (in-process: the
+    same worker code, without Ray's start-up)."""
     from tests.conftest import RedisProc
 
     tmp = tmp_path_factory.mktemp("ref")
     server = RedisProc(tmp)
     try:
-        proc = run_cli("run", *_args(_config(tmp, tracked_clip), server.url, "ref", small_checkpoint), timeout=300)
+        proc = run_cli("run", *_args(_config(tmp, tracked_clip), server.url, "ref", small_checkpoint), "--in-process",
+                       timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         docs = entries(server.client(), "ref", "c")
         evs = events(server.client(), "ref", "c")

@@ -12,7 +12,7 @@ from fpnstream.publish.schema import decode_entry
 from tests.conftest import SMALL_MODEL, start_run, wait_for
 from tests.faults import exactly_once, record
 
-FRAMES = 150
+FRAMES = 100
 
 
 @pytest.fixture(scope="module")
