@@ -151,7 +151,10 @@ class FrameMux:
         gets its newest ones, instead of frames that aged in the queue while the detector was
         busy. A detector that keeps up sees at most a share queued and skips nothing."""
         busy = [q for q in self._queues.values() if q.items]
-        share = max(1, limit // max(len(busy), 1))
+        # Rounded up: with 4 slots and 3 cameras each keeps 2, and the round-robin pointer
+        # gives the spare slot to each in turn (rounded down, the spare slot went to
+        # whichever camera's next frame arrived first, every time).
+        share = max(1, -(-limit // max(len(busy), 1)))
         for sid, q in self._queues.items():
             if q.policy is DropPolicy.DROP_OLDEST and len(q.items) > share:
                 excess = len(q.items) - share

@@ -139,8 +139,8 @@ def test_stale_live_frames_skipped_when_forming_a_batch():
 
 def test_live_stream_behind_gets_its_newest_frames_and_skips_are_counted():
     """Three cameras and a file queued 5 frames each while the detector was busy: a batch of
-    6 has a share of 1 per stream, so it takes each camera's newest frame and counts the 4
-    skipped per camera as `behind`; the file loses nothing and fills the rest."""
+    6 has a share of 2 per stream (6 / 4, rounded up), so each camera keeps its 2 newest
+    frames and counts the 3 older ones as `behind`; the file loses nothing."""
     drops = []
     mux = FrameMux(on_drop=lambda s, r, n: drops.append((s, r, n)))
     for s in ("a", "b", "c"):
@@ -151,10 +151,13 @@ def test_live_stream_behind_gets_its_newest_frames_and_skips_are_counted():
     for i in range(5):
         mux.put(frame("file", i))
     batch = mux.take_batch(max_size=6, max_wait_s=0)
-    live = [(f.stream_id, f.index) for f in batch.frames if f.stream_id != "file"]
-    assert sorted(drops) == [("a", "behind", 4), ("b", "behind", 4), ("c", "behind", 4)]
-    assert all(i == 4 for _, i in live)  # share is 6 // 4 streams = 1: the newest of each
-    assert [f.index for f in batch.frames if f.stream_id == "file"] == [0, 1, 2]  # files lose nothing
+    assert sorted(drops) == [("a", "behind", 3), ("b", "behind", 3), ("c", "behind", 3)]
+    taken = [(f.stream_id, f.index) for f in batch.frames]
+    assert taken[:4] == [("a", 3), ("b", 3), ("c", 3), ("file", 0)] and len(taken) == 6
+    rest = [(f.stream_id, f.index) for f in mux.take_batch(max_size=6, max_wait_s=0).frames]
+    # every camera's 2 newest frames are detected, over the two batches, in order
+    for cam in "abc":
+        assert [i for s, i in taken + rest if s == cam] == [3, 4]
 
 
 def test_live_stream_that_keeps_up_skips_nothing():
