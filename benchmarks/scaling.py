@@ -127,7 +127,7 @@ def redis_throughput(url: str, streams: int = 100, batch: int = 8, dets: int = 5
         n += batch
     secs = time.perf_counter() - t0
     cpu = client.info("cpu")
-    entries = sum(client.xlen(f"rt:detections:s{i}") for i in range(streams))
+    entries = sum(client.xlen(f"rt:detections:{{s{i}}}") for i in range(streams))
     return {"batch": batch, "detections_per_entry": dets, "entries_per_s": round(n / secs),
             "bytes_per_entry_in_redis": round((client.info("memory")["used_memory"] - used0) / max(entries, 1)),
             "redis_cpu_s": round(cpu["used_cpu_user"] + cpu["used_cpu_sys"], 2)}

@@ -127,13 +127,13 @@ def main() -> None:
                 store_mb = (res.get("object_store_memory", 0) - avail.get("object_store_memory", 0)) / 2**20
                 counts, lat = {}, []
                 for i in range(a.streams):
-                    key = f"fpnstream:detections:cam{i}"
-                    counts[i] = int(r.hget(f"fpnstream:status:cam{i}", "published") or 0)
+                    key = f"fpnstream:detections:{{cam{i}}}"
+                    counts[i] = int(r.hget(f"fpnstream:status:{{cam{i}}}", "published") or 0)
                     for _, f in r.xrevrange(key, count=200):
                         if float(f[b"ts"]) >= last_t:
                             lat.append(float(f[b"latency_ms"]))
                 fps = sum(counts[i] - last_counts[i] for i in counts) / (now - last_t)
-                reconnects = sum(int(r.hget(f"fpnstream:status:cam{i}", "reconnects") or 0) for i in range(a.streams))
+                reconnects = sum(int(r.hget(f"fpnstream:status:{{cam{i}}}", "reconnects") or 0) for i in range(a.streams))
                 rows.append({
                     "t_min": round((now - t0) / 60, 1),
                     **{f"rss_{k}_mb": round(sum(rss_mb(p) for p in v), 1) for k, v in sorted(roles.items())},

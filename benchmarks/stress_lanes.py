@@ -126,7 +126,7 @@ def main() -> int:
                 })
                 run_job(cfg, threading.Event())
                 for c in clips:
-                    n = client.xlen(f"{prefix}:detections:{c.stem}")
+                    n = client.xlen(f"{prefix}:detections:{{{c.stem}}}")
                     if n != a.frames:
                         raise SystemExit(f"repetition {rep}: stream {c.stem} has {n} entries, expected {a.frames}")
                 client.delete(*client.keys(f"{prefix}:*"))

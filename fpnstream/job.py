@@ -19,8 +19,8 @@ from fpnstream.core.redact import redact_url
 from fpnstream.core.reports import JobSnapshot, RunReport
 from fpnstream.observe.merge import WorkerMetrics
 from fpnstream.observe.metrics import DriverMetrics, Metrics, serve
-from fpnstream.publish.connection import EmbeddedRedis, connect
-from fpnstream.publish.control import expand_env
+from fpnstream.publish.connection import EmbeddedRedis, connect, is_cluster
+from fpnstream.publish.control import expand_env, migrate_legacy_keys
 from fpnstream.runtime.coordinator import Coordinator
 from fpnstream.runtime.pool import LocalPool, WorkerPool
 from fpnstream.runtime.status_board import StatusBoard
@@ -66,8 +66,13 @@ def run_job(cfg: AppConfig, stop: threading.Event, environ=os.environ, metrics: 
         # Cheap checks first, so bad input fails in well under a second, before a model loads.
         probe_sources(specs, cfg)
         redis_url = _redis(cfg, stack)
-        client = connect(redis_url, cfg.redis.socket_timeout_s)
+        client = connect(redis_url, cfg.redis.socket_timeout_s, cfg.redis.cluster)
         stack.callback(client.close)
+        # Workers connect lazily (they must load while Redis is away), so they are told.
+        cfg = cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"cluster": is_cluster(client)})})
+        moved = migrate_legacy_keys(client, cfg.redis.prefix)
+        if moved:
+            log.info("renamed %d key(s) of the layout before hash tags (README, \"Redis Cluster\")", moved)
         log.info("running %d stream(s) -> %s (key prefix %s:detections:)", len(specs), redact_url(redis_url), cfg.redis.prefix)
         pool, registry, on_worker_metrics = _pool(cfg, redis_url, metrics, stack)
         driver_metrics = DriverMetrics(registry)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Debian packages the test suite needs: libGL for OpenCV (trackers), redis-server (tests start their own servers),
+# Debian packages the test suite needs: libGL for OpenCV (trackers), redis-server and redis-cli (tests start their
+# own servers, and join three into a Redis Cluster),
 # GStreamer's RTSP server with PyGObject (a real RTSP server we did not write) and
 # prometheus (a real Prometheus scrapes a run; promtool checks deploy/prometheus) and
 # chromium with a font (a real headless browser shows the `fpnstream preview` page).
@@ -21,7 +22,7 @@ have_gl() {
   ldconfig -p | grep -q 'libGL\.so\.1 ' && ldconfig -p | grep -q 'libgthread-2\.0\.so\.0 '
 }
 
-if command -v redis-server >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null && have_rtsp \
+if command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null && have_rtsp \
     && have_chromium && have_gl; then
   exit 0
 fi
@@ -30,7 +31,7 @@ SUDO=""
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
-  redis-server prometheus python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools \
+  redis-server redis-tools prometheus python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools \
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
   chromium fonts-dejavu-core libgl1 libglib2.0-0 >/dev/null
 # The package may start a Prometheus service on :9090; tests run their own on free ports.

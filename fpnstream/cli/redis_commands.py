@@ -31,7 +31,7 @@ def _tail_client(a: argparse.Namespace):
 
     cfg = load_config(a.config, {"redis.url": a.redis_url, "redis.prefix": a.redis_prefix, "sources": []})
     if cfg.redis.url:
-        return connect(cfg.redis.url, cfg.redis.socket_timeout_s), cfg, None
+        return connect(cfg.redis.url, cfg.redis.socket_timeout_s, cfg.redis.cluster), cfg, None
     embedded = EmbeddedRedis(cfg.redis.embedded_dir)
     if not embedded.data_dir.is_dir():
         raise SinkError(f"no embedded Redis data in {embedded.data_dir}: run `fpnstream run` first, or pass --redis-url")
@@ -90,8 +90,9 @@ def cmd_streams(a: argparse.Namespace) -> int:
 
 
 def cmd_tail(a: argparse.Namespace) -> int:
+    from fpnstream.publish.connection import read_streams
+    from fpnstream.publish.keys import stream_key, stream_keys_glob
     from fpnstream.publish.schema import SchemaError, decode_entry
-    from fpnstream.publish.keys import stream_key
 
     if a.count < 0:
         raise ConfigError("--count must be >= 0")
@@ -107,7 +108,7 @@ def cmd_tail(a: argparse.Namespace) -> int:
                 if not a.follow:
                     raise SinkError(f"no stream {a.stream!r} under prefix {prefix!r}")
         else:
-            keys = sorted(k.decode() for k in client.scan_iter(match=stream_key(prefix, "*"), _type="stream"))
+            keys = sorted(k.decode() for k in client.scan_iter(match=stream_keys_glob(stream_key, prefix), _type="stream"))
             if not keys and not a.follow:
                 print(f"fpnstream: no streams under prefix {prefix!r}", file=sys.stderr)
                 return 0
@@ -132,12 +133,12 @@ def cmd_tail(a: argparse.Namespace) -> int:
             try:
                 while True:
                     if not a.stream:  # pick up streams that appear while following
-                        for k in client.scan_iter(match=stream_key(prefix, "*"), _type="stream"):
+                        for k in client.scan_iter(match=stream_keys_glob(stream_key, prefix), _type="stream"):
                             last.setdefault(k.decode(), "0-0")
                     if not last:
                         threading.Event().wait(1.0)
                         continue
-                    for key, entries in client.xread(last, block=1000) or []:
+                    for key, entries in read_streams(client, last, 100, block_ms=1000):
                         for entry_id, fields in entries:
                             emit(entry_id, fields)
                             last[key.decode()] = entry_id

@@ -30,8 +30,9 @@ import redis
 
 from fpnstream.core.errors import ConfigError, SinkError
 from fpnstream.core.frames import Detections, FrameMeta
+from fpnstream.publish.connection import read_streams
 from fpnstream.publish.schema import SchemaError, as_text, decode_entry
-from fpnstream.publish.keys import stream_key
+from fpnstream.publish.keys import stream_key, stream_keys_glob
 
 log = logging.getLogger(__name__)
 
@@ -191,17 +192,17 @@ class DetectionConsumer:
         if self.group:
             own = {k: c for k, c in self._cursor.items() if c != ">"}
             if own:  # own pending entries: returned at once, no blocking
-                replies = _redis_call(self._client.xreadgroup, self.group, self.consumer, own, count=per_key)
+                replies = _redis_call(read_streams, self._client, own, per_key, None, self.group, self.consumer)
                 for key, entries in replies or []:
                     key = as_text(key)
                     self._cursor[key] = as_text(entries[-1][0]) if entries else ">"
                     out += self._decode(key, entries)
                 if out:
                     return out
-            replies = _redis_call(self._client.xreadgroup, self.group, self.consumer,
-                                 {k: ">" for k in self._cursor}, count=per_key, block=block or None)
+            replies = _redis_call(read_streams, self._client, {k: ">" for k in self._cursor}, per_key, block,
+                                  self.group, self.consumer)
         else:
-            replies = _redis_call(self._client.xread, dict(self._cursor), count=per_key, block=block or None)
+            replies = _redis_call(read_streams, self._client, dict(self._cursor), per_key, block)
         for key, entries in replies or []:
             key = as_text(key)
             if entries and not self.group:
@@ -284,7 +285,8 @@ class DetectionConsumer:
         if self._fixed is not None:
             keys = [k for k in self._fixed if k not in self._cursor]
         else:
-            found = _redis_call(lambda: list(self._client.scan_iter(match=stream_key(self._prefix, "*"), _type="stream")))
+            found = _redis_call(lambda: list(self._client.scan_iter(match=stream_keys_glob(stream_key, self._prefix),
+                                                                    _type="stream")))
             keys = [k for k in (as_text(k) for k in found) if k not in self._cursor]
         for key in keys:
             start_id = self._start_id

@@ -36,8 +36,8 @@ import redis
 
 from fpnstream.core.errors import FpnstreamError
 from fpnstream.core.ids import STREAM_ID as STREAM_ID_PATTERN
-from fpnstream.clients.preview_stats import _STAT_FIELDS, _glob_escape, _num, _one_line, _stats, _text
-from fpnstream.publish.keys import preview_key
+from fpnstream.clients.preview_stats import _STAT_FIELDS, _num, _one_line, _stats, _text
+from fpnstream.publish.keys import preview_key, stream_id_of, stream_keys_glob
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,6 @@ class PreviewState:
         self._client = client
         self._prefix = prefix
         self._tick = tick_s
-        self._key_head = preview_key(prefix, "")
         self._lock = threading.Lock()
         self._doc: dict[str, Any] | None = None
         self._doc_at = 0.0
@@ -96,8 +95,8 @@ class PreviewState:
     def _read(self) -> dict[str, Any]:
         now = time.time()
         try:
-            keys = sorted({_text(k) for k in self._client.scan_iter(match=_glob_escape(self._key_head) + "*", count=1000)})
-            ids = [k[len(self._key_head):] for k in keys]
+            keys = sorted({_text(k) for k in self._client.scan_iter(match=stream_keys_glob(preview_key, self._prefix), count=1000)})
+            ids = [stream_id_of(k) or "" for k in keys]
             keep = [(k, i) for k, i in zip(keys, ids) if STREAM_ID.fullmatch(i)]
             pipe = self._client.pipeline(transaction=False)
             for key, _ in keep:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from fpnstream.core.redact import redact_text
@@ -21,10 +20,6 @@ def _num(v: Any, kind=float, default=0):
         return kind(_text(v)) if v is not None and _text(v) != "" else default
     except ValueError:
         return default
-
-
-def _glob_escape(s: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", s)
 
 
 def _one_line(e: BaseException) -> str:

@@ -143,6 +143,7 @@ class RayConfig(_Strict):
 class RedisConfig(_Strict):
     url: str | None = Field(default=None, description="None: start an embedded redis-server")
     prefix: str = Field(default="fpnstream", min_length=1, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    cluster: bool | None = Field(default=None, description="speak Redis Cluster: true, false, or null = ask the server")
     maxlen: int = Field(default=100_000, ge=0, description="approximate MAXLEN per stream; 0 = no trimming")
     embedded_dir: str = ".fpnstream/redis"
     socket_timeout_s: float = Field(default=10.0, gt=0)

@@ -1,4 +1,4 @@
-"""Redis connections: to a user's server, or to an embedded real `redis-server` we start."""
+"""Redis connections: to a user's server or Redis Cluster, or to an embedded real `redis-server` we start."""
 
 from __future__ import annotations
 
@@ -6,25 +6,43 @@ import logging
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Callable, Mapping, Union
 from urllib.parse import urlsplit
 
 import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
 
 from fpnstream.core.errors import SinkError
 from fpnstream.core.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
+# What every part of fpnstream talks to: one server, or a Redis Cluster (see `connect`).
+Client = Union[redis.Redis, RedisCluster, "LazyCluster"]
 
-def connect(url: str, socket_timeout_s: float = 10.0) -> redis.Redis:
-    """Connect and PING, turning every failure into one readable line without the password."""
+
+def connect(url: str, socket_timeout_s: float = 10.0, cluster: bool | None = None) -> Client:
+    """Connect and PING, turning every failure into one readable line without the password.
+
+    `cluster`: speak Redis Cluster (True), a single server (False), or ask the server
+    (None: `INFO cluster`), so a URL naming any node of a cluster just works."""
     shown = redact_url(url)
     has_password = urlsplit(url).password is not None
+    if cluster and url.startswith("unix://"):
+        raise SinkError(_UNIX_CLUSTER)
     try:
         client = redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
         client.ping()
+        if cluster is None:
+            cluster = _cluster_enabled(client)
+        if cluster:
+            client.close()
+            client = _cluster_client(url, socket_timeout_s)
     except redis.AuthenticationError:
         if not has_password:
             raise SinkError(f"Redis at {shown} needs a password: put it in the URL, redis://:PASSWORD@host") from None
@@ -40,10 +58,85 @@ def connect(url: str, socket_timeout_s: float = 10.0) -> redis.Redis:
     return client
 
 
-def lazy_client(url: str, socket_timeout_s: float = 10.0) -> redis.Redis:
+def lazy_client(url: str, socket_timeout_s: float = 10.0, cluster: bool = False) -> Client:
     """A client that connects on first use: for workers, whose driver has already checked the
-    URL and credentials, and which must load (and buffer results) while Redis is away."""
+    URL and credentials (and found out whether it is a cluster), and which must load (and
+    buffer results) while Redis is away."""
+    if cluster:
+        return LazyCluster(lambda: _cluster_client(url, socket_timeout_s))
     return redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
+
+
+def is_cluster(client) -> bool:
+    return isinstance(client, (RedisCluster, LazyCluster))
+
+
+_UNIX_CLUSTER = "a Redis Cluster is reached over TCP: use a redis:// or rediss:// URL"
+
+
+def _cluster_enabled(client: redis.Redis) -> bool:
+    return bool(client.info("cluster").get("cluster_enabled"))
+
+
+def _cluster_client(url: str, socket_timeout_s: float) -> RedisCluster:
+    """A Redis Cluster client; it learns the slot map from the node in `url`. Its own
+    "cannot connect" error is not a RedisError: turned into one, so every caller's outage
+    handling (buffer, retry) applies to a cluster too."""
+    if url.startswith("unix://"):
+        raise SinkError(_UNIX_CLUSTER)
+    try:
+        return RedisCluster.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
+    except RedisClusterException as e:
+        raise redis.ConnectionError(redact_text(str(e))) from None
+
+
+class LazyCluster:
+    """A RedisCluster made on first use: its constructor connects to learn the slot map, and a
+    worker must load while Redis is away. Until it can be made, every call raises
+    redis.ConnectionError (handled like any outage)."""
+
+    def __init__(self, factory: Callable[[], RedisCluster]) -> None:
+        self._factory = factory
+        self._client: RedisCluster | None = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str):
+        with self._lock:
+            if self._client is None:
+                self._client = self._factory()
+        return getattr(self._client, name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def read_streams(client: Client, streams: Mapping[str, str], count: int, block_ms: int | None = None,
+                 group: str | None = None, consumer: str | None = None) -> list:
+    """XREAD (or XREADGROUP with `group`) over many streams: [(key, entries), ...].
+
+    One server takes every key in one blocking call. A Redis Cluster refuses a read whose keys
+    lie in different hash slots, so there each slot is read on its own without blocking, and
+    the round is repeated (every 20 ms) until something came or `block_ms` passed."""
+
+    def one(keys: Mapping[str, str], block: int | None) -> list:
+        if group:
+            return client.xreadgroup(group, consumer, dict(keys), count=count, block=block) or []
+        return client.xread(dict(keys), count=count, block=block) or []
+
+    if not streams:
+        return []
+    if not is_cluster(client):
+        return one(streams, block_ms or None)
+    by_slot: dict[int, dict[str, str]] = {}
+    for key, cursor in streams.items():
+        by_slot.setdefault(key_slot(key.encode()), {})[key] = cursor
+    deadline = time.monotonic() + (block_ms or 0) / 1000
+    while True:
+        out = [reply for keys in by_slot.values() for reply in one(keys, None)]
+        if any(entries for _, entries in out) or time.monotonic() >= deadline:
+            return out
+        time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
 
 
 def _redis_server_binary() -> str:

@@ -11,7 +11,8 @@ import redis
 
 from fpnstream.core.errors import ConfigError
 from fpnstream.core.redact import redact_url
-from fpnstream.publish.keys import control_key, status_key, streams_key
+from fpnstream.publish.connection import is_cluster
+from fpnstream.publish.keys import control_key, keys_of_stream, legacy_key, status_key, streams_key
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -70,3 +71,24 @@ def write_statuses(client: redis.Redis, prefix: str, rows: Mapping[str, dict[str
         clean = {k: json.dumps(v) if isinstance(v, dict) else ("" if v is None else str(v)) for k, v in fields.items()}
         pipe.hset(status_key(prefix, stream_id), mapping=clean)
     pipe.execute()
+
+
+def migrate_legacy_keys(client: redis.Redis, prefix: str) -> int:
+    """Rename the keys of known streams from the layout before hash tags (`p:status:cam`)
+    to today's (`p:status:{cam}`), so a job upgraded in place resumes its streams and
+    consumer groups (kept by RENAME) go on. Returns how many keys were renamed.
+
+    Only on one server: the old layout never ran on a Redis Cluster (its publish script
+    touched keys of several slots), and a cluster cannot rename across slots."""
+    if is_cluster(client):
+        return 0
+    new_keys = [k for sid in sorted(m.decode() for m in client.smembers(streams_key(prefix))) for k in keys_of_stream(prefix, sid)]
+    if not new_keys:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for key in new_keys:
+        pipe.exists(legacy_key(key))
+    old_found = [key for key, n in zip(new_keys, pipe.execute()) if n]
+    for key in old_found:
+        pipe.renamenx(legacy_key(key), key)  # never over data already in the new layout
+    return sum(bool(n) for n in pipe.execute()) if old_found else 0

@@ -16,14 +16,17 @@ from itertools import groupby
 from typing import Callable
 
 import redis
+from redis.crc import key_slot
 
 from fpnstream.core.errors import SinkError
 from fpnstream.core.frames import BatchResult
 from fpnstream.core.redact import redact_text
+from fpnstream.publish.connection import is_cluster
 from fpnstream.publish.schema import encode_entry
 from fpnstream.publish.keys import events_key, status_key, stream_key
 
-# One call per batch, for every stream in it. KEYS: per stream its entries stream, status
+# One call per batch, for every stream in it (on a Redis Cluster: per hash slot, as a
+# script may only touch keys of one slot; a stream's keys share one, see keys.py). KEYS: per stream its entries stream, status
 # hash and events stream. ARGV[1]: maxlen (0 = none); then per stream: owner token ("" =
 # unfenced), entry count, per entry: frame index, field count, field, value, ..., event
 # count, per event: field count, field, value, ...; and last the stream's tracker state
@@ -89,6 +92,8 @@ if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'owner', ARGV[1]) end
 return {tonumber(redis.call('HGET', KEYS[1], 'last_frame') or '-1') + 1, run, redis.call('HGET', KEYS[1], 'tracks')}
 """
 
+_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_PUBLISH, _CLAIM)}
+
 # Ended states after which a stream's next start is a new run (see `starts_new_run`).
 _COMPLETED = ("finished",)
 
@@ -125,8 +130,7 @@ class RedisStreamSink:
         self._maxlen = maxlen
         self._model = model_name
         self._clock = clock
-        self._publish_sha = hashlib.sha1(_PUBLISH.encode()).hexdigest()
-        self._claim = client.register_script(_CLAIM)
+        self._cluster = is_cluster(client)
         self._owners: dict[str, str] = {}
         self._runs: dict[str, int] = {}
         self._tracks: dict[str, bytes | None] = {}
@@ -137,8 +141,8 @@ class RedisStreamSink:
         `restart` starts a new run (run number + 1, frames from 0); otherwise the current
         run goes on after its last published frame. Entries carry their run number.
         """
-        next_frame, run, tracks = self._claim(keys=[status_key(self._prefix, stream_id)],
-                                              args=[owner, "1" if restart else "0"])
+        next_frame, run, tracks = self._evalsha(_CLAIM, [status_key(self._prefix, stream_id)],
+                                                [owner, "1" if restart else "0"])
         self._owners[stream_id] = owner
         self._runs[stream_id] = int(run)
         self._tracks[stream_id] = tracks or None
@@ -151,14 +155,16 @@ class RedisStreamSink:
     def run_of(self, stream_id: str) -> int:
         return self._runs.get(stream_id, 1)
 
-    def _evalsha(self, keys: list[str], args: list) -> list:
-        """The publish script in one round trip; loaded into Redis the first time (or again
-        after a Redis restart lost its script cache)."""
+    def _evalsha(self, script: str, keys: list[str], args: list) -> list:
+        """A script in one round trip; loaded into Redis the first time (or again after a
+        Redis restart lost its script cache). Not redis-py's Script: it asks SCRIPT EXISTS
+        before every call, and on a cluster it would connect in our constructor."""
+        sha = _SHA[script]
         try:
-            return self._client.evalsha(self._publish_sha, len(keys), *keys, *args)
+            return self._client.evalsha(sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            self._client.script_load(_PUBLISH)
-            return self._client.evalsha(self._publish_sha, len(keys), *keys, *args)
+            self._client.script_load(script)  # on a cluster: loaded on every primary
+            return self._client.evalsha(sha, len(keys), *keys, *args)
 
     def publish(self, result: BatchResult) -> PublishResult:
         """Write the batch in one round trip.
@@ -170,11 +176,12 @@ class RedisStreamSink:
         events: dict[tuple[str, int], list] = {}
         for e in result.events:
             events.setdefault((e.stream_id, e.frame), []).append(e)
-        keys: list[str] = []
-        args: list = [self._maxlen]
-        order: list[str] = []
+        calls: dict[int, tuple[list[str], list, list[str]]] = {}  # slot (0 on one server) -> keys, args, order
         pairs = sorted(zip(result.metas, result.detections), key=lambda p: p[0].stream_id)  # stable: keeps frame order
         for sid, group in groupby(pairs, key=lambda p: p[0].stream_id):
+            entries_key = stream_key(self._prefix, sid)
+            keys, args, order = calls.setdefault(key_slot(entries_key.encode()) if self._cluster else 0,
+                                                 ([], [self._maxlen], []))
             run = self._runs.get(sid, 1)
             group = list(group)
             args += [self._owners.get(sid, ""), len(group)]
@@ -192,13 +199,20 @@ class RedisStreamSink:
                         args += [k, v]
             analytics = result.analytics.get(sid)
             args.append(analytics.state if analytics is not None else "")
-            keys += [stream_key(self._prefix, sid), status_key(self._prefix, sid), events_key(self._prefix, sid)]
+            keys += [entries_key, status_key(self._prefix, sid), events_key(self._prefix, sid)]
             order.append(sid)
+        written: dict[str, int] = {}
+        fenced: set[str] = set()
         try:
-            replies = self._evalsha(keys, args) if keys else []
+            # A failure part-way through a cluster's calls leaves some streams written: the
+            # retry skips their frames (at or below last_frame), so nothing is duplicated.
+            for keys, args, order in calls.values():
+                for sid, n in zip(order, self._evalsha(_PUBLISH, keys, args)):
+                    if n == -1:
+                        fenced.add(sid)
+                    else:
+                        written[sid] = int(n)
         except redis.RedisError as e:
             raise SinkError(f"publishing to Redis failed: {redact_text(str(e))}") from None
         done = self._clock()
-        written = {sid: int(n) for sid, n in zip(order, replies) if n != -1}
-        fenced = frozenset(sid for sid, n in zip(order, replies) if n == -1)
-        return PublishResult([done - m.capture_ts for m in result.metas], written, fenced)
+        return PublishResult([done - m.capture_ts for m in result.metas], written, frozenset(fenced))

@@ -44,7 +44,8 @@ class StreamWorker:
 
         cfg = self._cfg
         detector = Detector.from_config(cfg.model, cfg.batch.max_size)
-        client = lazy_client(self._redis_url, cfg.redis.socket_timeout_s)  # Redis may be away: load anyway
+        # Redis may be away: load anyway. The driver has found out whether it is a cluster.
+        client = lazy_client(self._redis_url, cfg.redis.socket_timeout_s, bool(cfg.redis.cluster))
         self._sink = RedisStreamSink(client, cfg.redis.prefix, cfg.redis.maxlen, detector.model_name)
         self._metrics.build_info.info({"version": fpnstream.__version__, "model": detector.model_name, "device": str(detector.device)})
         # The worker process's entry point: the one place it reads failpoints (inert unless set).

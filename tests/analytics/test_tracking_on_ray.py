@@ -23,12 +23,12 @@ FRAMES = 150
 
 
 def entries(client, prefix: str, sid: str) -> list[dict]:
-    return [decode_entry(f) for _, f in client.xrange(f"{prefix}:detections:{sid}")]
+    return [decode_entry(f) for _, f in client.xrange(f"{prefix}:detections:{{{sid}}}")]
 
 
 def events(client, prefix: str, sid: str) -> list[tuple]:
     out = []
-    for _, f in client.xrange(f"{prefix}:events:{sid}"):
+    for _, f in client.xrange(f"{prefix}:events:{{{sid}}}"):
         f = {k.decode(): v.decode() for k, v in f.items()}
         out.append((int(f["frame"]), f["kind"], f["where"], int(f["track_id"]), f.get("direction")))
     return out
@@ -129,8 +129,8 @@ def test_worker_sigkill_keeps_track_ids_and_every_event_exactly_once(tmp_path, t
     client = redis_proc.client()
     proc = start_run(*_args(_config(tmp_path, tracked_clip), redis_proc.url, "tk", small_checkpoint), "--num-actors", "2")
     try:
-        wait_for(lambda: client.hlen("tk:workers") == 2 and client.xlen("tk:detections:c") >= 40, proc, what="40 frames")
-        owner = client.hget("tk:status:c", "worker").decode()
+        wait_for(lambda: client.hlen("tk:workers") == 2 and client.xlen("tk:detections:{c}") >= 40, proc, what="40 frames")
+        owner = client.hget("tk:status:{c}", "worker").decode()
         os.kill(json.loads(client.hget("tk:workers", owner))["pid"], signal.SIGKILL)
         _, err = proc.communicate(timeout=300)
     finally:
@@ -152,7 +152,7 @@ def test_driver_restart_keeps_track_ids_and_every_event_exactly_once(tmp_path, t
     args = _args(_config(tmp_path, tracked_clip), redis_proc.url, "dr", small_checkpoint)
     proc = start_run(*args)
     try:
-        wait_for(lambda: client.xlen("dr:detections:c") >= 40, proc, what="40 frames")
+        wait_for(lambda: client.xlen("dr:detections:{c}") >= 40, proc, what="40 frames")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:

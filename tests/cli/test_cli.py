@@ -41,7 +41,7 @@ def test_run_on_ray_publishes_what_torchvision_returns(clips, firing_checkpoint,
     ref_frames = reference_frames(clip)
     ref = torchvision_reference(PARITY_MODEL, firing_checkpoint, [rgb for _, _, rgb in ref_frames],
                                 box_score_thresh=0.5, min_size=PARITY_MIN_SIZE, max_size=PARITY_MAX_SIZE)
-    docs = [decode_entry(f) for _, f in redis_proc.client().xrange("par:detections:cam")]
+    docs = [decode_entry(f) for _, f in redis_proc.client().xrange("par:detections:{cam}")]
     assert [d["frame"] for d in docs] == list(range(len(ref_frames)))
     matched = unmatched = 0
     for doc, r, (_, pts, rgb) in zip(docs, ref, ref_frames):
@@ -98,11 +98,11 @@ def test_sigterm_drains_and_exits_zero(tmp_path, redis_proc, small_checkpoint):
     proc = start_run("--source", f"long={clip}", "--model", SMALL_MODEL, "--weights", str(small_checkpoint),
                      "--redis-url", redis_proc.url, "--metrics-port", "0", "--in-process")
     client = redis_proc.client()
-    wait_for(lambda: client.xlen("fpnstream:detections:long") >= 5, proc, what="first frames")
+    wait_for(lambda: client.xlen("fpnstream:detections:{long}") >= 5, proc, what="first frames")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    frames = [decode_entry(f)["frame"] for _, f in client.xrange("fpnstream:detections:long")]
+    frames = [decode_entry(f)["frame"] for _, f in client.xrange("fpnstream:detections:{long}")]
     assert 5 <= len(frames) < 600
     assert frames == list(range(len(frames)))
     line = next(ln for ln in err.splitlines() if "stream long: decoded" in ln)
@@ -115,11 +115,11 @@ def test_live_rtsp_runs_until_sigint_then_drains(rtsp_url, redis_proc, small_che
     proc = start_run("--source", f"cam={rtsp_url}", "--model", SMALL_MODEL, "--weights", str(small_checkpoint),
                      "--redis-url", redis_proc.url, "--metrics-port", "0", "--in-process")
     client = redis_proc.client()
-    wait_for(lambda: client.xlen("fpnstream:detections:cam") >= 10, proc, what="first frames")
+    wait_for(lambda: client.xlen("fpnstream:detections:{cam}") >= 10, proc, what="first frames")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    docs = [decode_entry(f) for _, f in client.xrange("fpnstream:detections:cam")]
+    docs = [decode_entry(f) for _, f in client.xrange("fpnstream:detections:{cam}")]
     frames = [d["frame"] for d in docs]
     assert frames == sorted(frames) and len(set(frames)) == len(frames)
     report = next(line for line in err.splitlines() if "stream cam: decoded" in line)
@@ -184,7 +184,7 @@ def test_checkpoint_mismatch_reported_from_the_ray_actor(clips, small_checkpoint
     proc = run_cli("run", "--source", str(clips["mp4_h264"]), "--model", "fasterrcnn_resnet50_fpn",
                    "--weights", str(small_checkpoint), "--redis-url", redis_proc.url, "--metrics-port", "0")
     assert_clean_error(proc, "does not match fasterrcnn_resnet50_fpn")
-    assert redis_proc.client().xlen("fpnstream:detections:a") == 0
+    assert redis_proc.client().xlen("fpnstream:detections:{a}") == 0
 
 
 def test_synth_writes_a_decodable_clip(tmp_path):

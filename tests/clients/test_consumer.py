@@ -50,7 +50,7 @@ def test_typed_results_from_the_beginning(redis_proc):
     publish(sink, "b", 0, 4)
     consumer = DetectionConsumer(client, "t", start="beginning", block_ms=100)
     results = drain(consumer, 14)
-    assert len(results) == 14 and consumer.keys == ["t:detections:a", "t:detections:b"]
+    assert len(results) == 14 and consumer.keys == ["t:detections:{a}", "t:detections:{b}"]
     a = [r for r in results if r.stream_id == "a"]
     assert [r.meta.index for r in a] == list(range(10))
     r = a[7]
@@ -83,7 +83,7 @@ def test_start_from_a_time(redis_proc):
     for i in range(6):
         publish(sink, "a", i, 1)
         time.sleep(0.005)  # distinct milliseconds
-    ids = [e[0].decode() for e in client.xrange("t:detections:a")]
+    ids = [e[0].decode() for e in client.xrange("t:detections:{a}")]
     t3 = int(ids[3].split("-")[0]) / 1000
     got = drain(DetectionConsumer(client, "t", streams=["a"], start=t3, block_ms=100), 3)
     assert [r.meta.index for r in got] == [3, 4, 5]
@@ -98,7 +98,7 @@ def test_group_shares_entries_and_survives_a_crashed_consumer(redis_proc, tmp_pa
     sink = make_sink(client)
     publish(sink, "a", 0, 20)
     publish(sink, "b", 0, 20)
-    all_ids = {(k, e[0].decode()) for k in ("t:detections:a", "t:detections:b") for e in client.xrange(k)}
+    all_ids = {(k, e[0].decode()) for k in ("t:detections:{a}", "t:detections:{b}") for e in client.xrange(k)}
     assert len(all_ids) == 40
 
     # A consumer in another process takes 8 entries and dies (SIGKILL) without acking them.
@@ -154,7 +154,7 @@ def test_undecodable_entries_are_skipped_and_acked(redis_proc):
     client = redis_proc.client()
     sink = make_sink(client)
     publish(sink, "a", 0, 2)
-    client.xadd("t:detections:a", {"v": "99", "junk": "x"})
+    client.xadd("t:detections:{a}", {"v": "99", "junk": "x"})
     publish(sink, "a", 2, 1)
     c = DetectionConsumer(client, "t", group="g", start="beginning", claim_idle_ms=None, block_ms=100)
     got = drain(c, 3)
@@ -180,7 +180,7 @@ def test_tail_group_splits_entries_between_consumers(redis_proc):
     frames_two = [json.loads(line)["frame"] for line in second.stdout.splitlines()]
     assert frames_one == [0, 1, 2, 3] and frames_two == [4, 5, 6]
     assert json.loads(first.stdout.splitlines()[0])["detections"][0]["name"] == "car"
-    assert client.xpending("t:detections:a", "viewers")["pending"] == 0  # printed = acked
+    assert client.xpending("t:detections:{a}", "viewers")["pending"] == 0  # printed = acked
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -234,7 +234,7 @@ def test_reclaim_without_an_idle_time_is_refused_and_trimmed_entries_are_dropped
     with pytest.raises(ConfigError, match="min_idle_ms"):
         c.reclaim()
     assert len(c.read(count=3)) == 3  # delivered, never acked
-    client.xtrim("t:detections:a", maxlen=0)  # the entries are trimmed away while pending
+    client.xtrim("t:detections:{a}", maxlen=0)  # the entries are trimmed away while pending
     again = DetectionConsumer(client, "t", group="g", consumer="x", claim_idle_ms=None)
     assert again.read(count=10, block_ms=50) == [] and again.skipped == 0
     assert again.pending() == 0  # acked as gone, not left pending forever

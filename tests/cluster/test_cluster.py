@@ -22,7 +22,7 @@ FAST = ["--model", SMALL_MODEL, "--min-size", "64", "--max-size", "128", "--metr
 
 
 def frames_in(client, prefix: str, sid: str) -> list[int]:
-    return [decode_entry(f)["frame"] for _, f in client.xrange(f"{prefix}:detections:{sid}")]
+    return [decode_entry(f)["frame"] for _, f in client.xrange(f"{prefix}:detections:{{{sid}}}")]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_hundred_streams_two_workers_every_frame_exactly_once(many_clips, redis_
     for p in many_clips:
         n = len(reference_frames(p))
         assert frames_in(client, "many", p.stem) == list(range(n)), p.stem
-    workers = {client.hget(f"many:status:{p.stem}", "worker") for p in many_clips}
+    workers = {client.hget(f"many:status:{{{p.stem}}}", "worker") for p in many_clips}
     assert workers == {b"0", b"1"}  # streams were spread over both workers
     assert json.loads(client.hget("many:workers", "0"))["pid"] != json.loads(client.hget("many:workers", "1"))["pid"]
 
@@ -57,7 +57,7 @@ def test_killed_worker_is_restarted_and_no_frame_lost_or_duplicated(long_clips, 
     proc = start_run(*srcs, *FAST, "--weights", str(small_checkpoint), "--num-actors", "2",
                      "--redis-url", redis_proc.url, "--redis-prefix", "kill")
     try:
-        wait_for(lambda: client.hlen("kill:workers") == 2 and sum(client.xlen(f"kill:detections:{p.stem}") for p in long_clips) >= 40,
+        wait_for(lambda: client.hlen("kill:workers") == 2 and sum(client.xlen(f"kill:detections:{{{p.stem}}}") for p in long_clips) >= 40,
                  proc, what="first frames")
         victim = json.loads(client.hget("kill:workers", "0"))["pid"]
         os.kill(victim, signal.SIGKILL)
@@ -68,10 +68,10 @@ def test_killed_worker_is_restarted_and_no_frame_lost_or_duplicated(long_clips, 
     assert "worker 0" in err  # the coordinator noticed
     for p in long_clips:
         record(f"worker SIGKILL ({p.stem})", **exactly_once(frames_in(client, "kill", p.stem), 150),
-               longest_pause_s=longest_pause_s(client, f"kill:detections:{p.stem}"))
+               longest_pause_s=longest_pause_s(client, f"kill:detections:{{{p.stem}}}"))
     for p in long_clips:
         assert frames_in(client, "kill", p.stem) == list(range(150)), p.stem
-    moved = sum(int(client.hget(f"kill:status:{p.stem}", "moves") or 0) for p in long_clips)
+    moved = sum(int(client.hget(f"kill:status:{{{p.stem}}}", "moves") or 0) for p in long_clips)
     assert moved >= 1
 
 
@@ -87,7 +87,7 @@ def test_node_removed_mid_run_streams_move_to_survivor(long_clips, redis_proc, s
         proc = start_run(*srcs, *FAST, "--weights", str(small_checkpoint), "--num-actors", "2",
                          "--ray-address", cluster.address, "--redis-url", redis_proc.url, "--redis-prefix", "node")
         try:
-            wait_for(lambda: sum(client.xlen(f"node:detections:{p.stem}") for p in long_clips[:2]) >= 30, proc,
+            wait_for(lambda: sum(client.xlen(f"node:detections:{{{p.stem}}}") for p in long_clips[:2]) >= 30, proc,
                      timeout=180, what="first frames")
             cluster.remove_node(node)
             _, err = proc.communicate(timeout=300)
@@ -96,7 +96,7 @@ def test_node_removed_mid_run_streams_move_to_survivor(long_clips, redis_proc, s
         assert proc.returncode == 0, err[-3000:]
         for p in long_clips[:2]:
             record(f"node removed ({p.stem})", **exactly_once(frames_in(client, "node", p.stem), 150),
-                   longest_pause_s=longest_pause_s(client, f"node:detections:{p.stem}"))
+                   longest_pause_s=longest_pause_s(client, f"node:detections:{{{p.stem}}}"))
             assert frames_in(client, "node", p.stem) == list(range(150)), p.stem
         assert "is down" in err or "restarted" in err
     finally:
@@ -112,13 +112,13 @@ def test_streams_added_and_removed_at_runtime(long_clips, many_clips, redis_proc
         out = run_cli("streams", *ctl, "add", f"extra={many_clips[3]}")
         assert out.returncode == 0, out.stderr
         n = len(reference_frames(many_clips[3]))
-        wait_for(lambda: client.xlen("rt:detections:extra") == n, proc, what="added stream published")
-        wait_for(lambda: client.hget("rt:status:extra", "state") == b"finished", proc, what="finished state")
+        wait_for(lambda: client.xlen("rt:detections:{extra}") == n, proc, what="added stream published")
+        wait_for(lambda: client.hget("rt:status:{extra}", "state") == b"finished", proc, what="finished state")
         # A long one, removed while it runs: it stops early and says so.
         assert run_cli("streams", *ctl, "add", f"long={long_clips[0]}").returncode == 0
-        wait_for(lambda: client.xlen("rt:detections:long") >= 5, proc, what="long stream started")
+        wait_for(lambda: client.xlen("rt:detections:{long}") >= 5, proc, what="long stream started")
         assert run_cli("streams", *ctl, "remove", "long").returncode == 0
-        wait_for(lambda: client.hget("rt:status:long", "state") == b"stopped", proc, what="stopped state")
+        wait_for(lambda: client.hget("rt:status:{long}", "state") == b"stopped", proc, what="stopped state")
         listing = run_cli("streams", *ctl, "list", "--json")
         rows = {r["id"]: r for r in map(json.loads, listing.stdout.splitlines())}
         assert rows["extra"]["state"] == "finished" and rows["long"]["state"] == "stopped"
@@ -178,17 +178,17 @@ def test_stalled_stream_does_not_slow_the_others(rtsp_url, redis_proc, small_che
                          "--redis-prefix", "st", "--in-process")
         try:
             # The stalled stream delivers its first third, then nothing.
-            wait_for(lambda: client.xlen("st:detections:stall") >= 20, proc, what="stall stream frames")
-            wait_for(lambda: client.xlen("st:detections:good") >= 10, proc, what="good stream frames")
+            wait_for(lambda: client.xlen("st:detections:{stall}") >= 20, proc, what="stall stream frames")
+            wait_for(lambda: client.xlen("st:detections:{good}") >= 10, proc, what="good stream frames")
             time.sleep(1.0)
-            n_stall = client.xlen("st:detections:stall")
-            t0, n0 = time.time(), client.xlen("st:detections:good")
+            n_stall = client.xlen("st:detections:{stall}")
+            t0, n0 = time.time(), client.xlen("st:detections:{good}")
             time.sleep(4.0)
-            t1, n1 = time.time(), client.xlen("st:detections:good")
-            assert client.xlen("st:detections:stall") == n_stall, "the stall stream should be silent now"
+            t1, n1 = time.time(), client.xlen("st:detections:{good}")
+            assert client.xlen("st:detections:{stall}") == n_stall, "the stall stream should be silent now"
             rate = (n1 - n0) / (t1 - t0)
             assert rate >= 0.6 * 15, f"healthy stream fell to {rate:.1f} fps while the other stalled"
-            latencies = [decode_entry(f)["latency_ms"] for _, f in client.xrevrange("st:detections:good", count=20)]
+            latencies = [decode_entry(f)["latency_ms"] for _, f in client.xrevrange("st:detections:{good}", count=20)]
             assert max(latencies) < 1000
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=60)
@@ -208,11 +208,11 @@ def test_overload_degrades_live_streams_evenly_and_drops_stale(rtsp_url, redis_p
                      "--max-size", "640", "--metrics-port", "0", "--freshness-ms", "500", "--batch-size", "2",
                      "--redis-url", redis_proc.url, "--redis-prefix", "ov", "--in-process")
     try:
-        wait_for(lambda: all(client.xlen(f"ov:detections:cam{i}") >= 3 for i in range(3)), proc, what="all cams")
+        wait_for(lambda: all(client.xlen(f"ov:detections:{{cam{i}}}") >= 3 for i in range(3)), proc, what="all cams")
         # Steady state only: the cameras connect one after another, so count from here.
-        before = [client.xlen(f"ov:detections:cam{i}") for i in range(3)]
+        before = [client.xlen(f"ov:detections:{{cam{i}}}") for i in range(3)]
         time.sleep(8)
-        after = [client.xlen(f"ov:detections:cam{i}") for i in range(3)]
+        after = [client.xlen(f"ov:detections:{{cam{i}}}") for i in range(3)]
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -223,7 +223,7 @@ def test_overload_degrades_live_streams_evenly_and_drops_stale(rtsp_url, redis_p
     for i in range(3):
         line = next(ln for ln in err.splitlines() if f"stream cam{i}: decoded" in ln)
         assert "stale=" in line or "queue_full=" in line, line  # overload shows up as counted drops
-        docs = [decode_entry(f) for _, f in client.xrange(f"ov:detections:cam{i}")]
+        docs = [decode_entry(f) for _, f in client.xrange(f"ov:detections:{{cam{i}}}")]
         # Frames older than the freshness limit never reach the model; what is published is
         # fresh plus at most a couple of inference times.
         assert max(d["latency_ms"] for d in docs[len(docs) // 2:]) < 5000

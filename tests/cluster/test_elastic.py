@@ -22,7 +22,7 @@ def clips(tmp_path_factory):
 
 
 def frames_in(client, sid: str) -> list[int]:
-    return [decode_entry(f)["frame"] for _, f in client.xrange(f"el:detections:{sid}")]
+    return [decode_entry(f)["frame"] for _, f in client.xrange(f"el:detections:{{{sid}}}")]
 
 
 def test_node_joins_gets_a_share_then_leaves_and_streams_come_back(tmp_path, clips, redis_proc, small_checkpoint):
@@ -39,13 +39,13 @@ def test_node_joins_gets_a_share_then_leaves_and_streams_come_back(tmp_path, cli
                          "--min-size", "64", "--max-size", "128", "--metrics-port", "0", "--ray-address",
                          cluster.address, "--redis-url", redis_proc.url, "--redis-prefix", "el")
         try:
-            wait_for(lambda: sum(client.xlen(f"el:detections:{p.stem}") for p in clips) >= 20, proc, timeout=180,
+            wait_for(lambda: sum(client.xlen(f"el:detections:{{{p.stem}}}") for p in clips) >= 20, proc, timeout=180,
                      what="first frames")
             # 4 streams at 2 per worker need 2 workers; the cluster holds 1: the autoscaler is asked
             status = _autoscaler_demand(cluster.address)
             assert status.count({"CPU": 1.0}) == 2, status
             node = cluster.add_node(num_cpus=1)
-            wait_for(lambda: sum(client.hget(f"el:status:{p.stem}", "worker") == b"1" for p in clips) == 2, proc,
+            wait_for(lambda: sum(client.hget(f"el:status:{{{p.stem}}}", "worker") == b"1" for p in clips) == 2, proc,
                      timeout=120, what="half of the streams on the new worker")
             moved_at = {p.stem: len(frames_in(client, p.stem)) for p in clips}
             cluster.remove_node(node)

@@ -50,7 +50,7 @@ def test_redis_killed_and_restarted_twice_on_ray(tmp_path, small_checkpoint):
                    f"sources:\n  - id: f\n    uri: {clip}\n    realtime: true\n")
     proc = start_run("--config", str(cfg), *FAST, "--weights", str(small_checkpoint),
                      "--redis-url", server.url, "--metrics-port", str(mport))
-    key = "fpnstream:detections:f"
+    key = "fpnstream:detections:{f}"
     seen_not_ready = False
     try:
         for outage, at in enumerate((25, 150)):
@@ -89,7 +89,7 @@ def test_driver_sigkill_then_same_command_resumes_then_a_new_run(tmp_path, clip,
     client = redis_proc.client()
     args = ["--source", f"f={clip}", *FAST, "--weights", str(small_checkpoint), "--redis-url", redis_proc.url,
             "--metrics-port", "0"]
-    key = "fpnstream:detections:f"
+    key = "fpnstream:detections:{f}"
     proc = start_run(*args)
     try:
         wait_for(lambda: client.xlen(key) >= 40, proc, what="first frames")
@@ -107,7 +107,7 @@ def test_driver_sigkill_then_same_command_resumes_then_a_new_run(tmp_path, clip,
            longest_pause_s=longest_pause_s(client, key))
     assert [d["frame"] for d in docs] == list(range(240)), "no duplicate, no gap across the crash"
     assert {d["run"] for d in docs} == {1}
-    status = {k.decode(): v.decode() for k, v in client.hgetall("fpnstream:status:f").items()}
+    status = {k.decode(): v.decode() for k, v in client.hgetall("fpnstream:status:{f}").items()}
     assert status["state"] == "finished" and status["run"] == "1" and status["published"] == "240"
 
     third = run_cli("run", *args, timeout=300)
@@ -129,12 +129,12 @@ def test_worker_sigstop_longer_than_poll_budget_then_sigcont(tmp_path, redis_pro
     proc = start_run("--config", str(cfg), *srcs, *FAST, "--weights", str(small_checkpoint), "--num-actors", "2",
                      "--redis-url", redis_proc.url, "--redis-prefix", "stop", "--metrics-port", "0")
     try:
-        wait_for(lambda: client.hlen("stop:workers") == 2 and sum(client.xlen(f"stop:detections:{p.stem}") for p in clips) >= 30,
+        wait_for(lambda: client.hlen("stop:workers") == 2 and sum(client.xlen(f"stop:detections:{{{p.stem}}}") for p in clips) >= 30,
                  proc, what="first frames")
         victim = json.loads(client.hget("stop:workers", "0"))["pid"]
         os.kill(victim, signal.SIGSTOP)
         try:
-            wait_for(lambda: any(client.hget(f"stop:status:{p.stem}", "last_move") == b"worker 0 unresponsive" for p in clips),
+            wait_for(lambda: any(client.hget(f"stop:status:{{{p.stem}}}", "last_move") == b"worker 0 unresponsive" for p in clips),
                      proc, timeout=60, what="streams moved off the frozen worker")
         finally:
             os.kill(victim, signal.SIGCONT)
@@ -144,11 +144,11 @@ def test_worker_sigstop_longer_than_poll_budget_then_sigcont(tmp_path, redis_pro
     assert proc.returncode == 0, err[-3000:]
     assert "worker 0 is down (no answer to 3 status polls)" in err
     for p in clips:
-        frames = [e["frame"] for e in entries(client, f"stop:detections:{p.stem}")]
+        frames = [e["frame"] for e in entries(client, f"stop:detections:{{{p.stem}}}")]
         record(f"worker SIGSTOP past the poll budget, then SIGCONT ({p.stem})", **exactly_once(frames, 150),
-               longest_pause_s=longest_pause_s(client, f"stop:detections:{p.stem}"))
+               longest_pause_s=longest_pause_s(client, f"stop:detections:{{{p.stem}}}"))
     for p in clips:
-        assert [e["frame"] for e in entries(client, f"stop:detections:{p.stem}")] == list(range(150)), p.stem
+        assert [e["frame"] for e in entries(client, f"stop:detections:{{{p.stem}}}")] == list(range(150)), p.stem
 
 
 def test_hung_detector_is_detected_moved_and_restarted(tmp_path, clip, redis_proc, small_checkpoint):
@@ -163,7 +163,7 @@ def test_hung_detector_is_detected_moved_and_restarted(tmp_path, clip, redis_pro
                      "--redis-url", redis_proc.url, "--redis-prefix", "hang", "--metrics-port", str(mport),
                      env={"FPNSTREAM_FAILPOINTS": f"detector.hang:after=10:once={marker}"})
     try:
-        wait_for(lambda: client.hget("hang:status:f", "last_move") == b"worker 0 hung", proc, timeout=120,
+        wait_for(lambda: client.hget("hang:status:{f}", "last_move") == b"worker 0 hung", proc, timeout=120,
                  what="the watchdog to move the stream")
         assert metric(http(f"http://127.0.0.1:{mport}/metrics")[1], "fpnstream_worker_hangs_total") == 1
         listing = run_cli("streams", "--redis-url", redis_proc.url, "--redis-prefix", "hang", "list")
@@ -174,6 +174,6 @@ def test_hung_detector_is_detected_moved_and_restarted(tmp_path, clip, redis_pro
     assert proc.returncode == 0, err[-3000:]
     assert marker.exists(), "the failpoint fired"
     assert "worker 0 is hung" in err and "restarting it" in err
-    frames = [e["frame"] for e in entries(client, "hang:detections:f")]
-    record("detector hang (failpoint)", **exactly_once(frames, 240), longest_pause_s=longest_pause_s(client, "hang:detections:f"))
+    frames = [e["frame"] for e in entries(client, "hang:detections:{f}")]
+    record("detector hang (failpoint)", **exactly_once(frames, 240), longest_pause_s=longest_pause_s(client, "hang:detections:{f}"))
     assert frames == list(range(240))

@@ -45,24 +45,24 @@ def test_rtsp_server_killed_and_restarted_stream_resumes(tmp_path, redis_proc, s
     proc = start_run("--config", quick_reconnect_config(tmp_path), "--source", f"cam=rtsp://127.0.0.1:{port}/test",
                      *FAST, "--weights", str(small_checkpoint), "--redis-url", redis_proc.url)
     try:
-        wait_for(lambda: client.xlen("fpnstream:detections:cam") >= 10, proc, what="first frames")
+        wait_for(lambda: client.xlen("fpnstream:detections:{cam}") >= 10, proc, what="first frames")
         server.kill()
         server.wait()
         time.sleep(3)
-        before = client.xlen("fpnstream:detections:cam")
+        before = client.xlen("fpnstream:detections:{cam}")
         server = rtsp_server(port)  # same port, a new server process
-        wait_for(lambda: client.xlen("fpnstream:detections:cam") >= before + 10, proc, timeout=60, what="resumed frames")
+        wait_for(lambda: client.xlen("fpnstream:detections:{cam}") >= before + 10, proc, timeout=60, what="resumed frames")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
         server.kill()
     assert proc.returncode == 0, err[-3000:]
-    entries = docs(client, "fpnstream:detections:cam")
+    entries = docs(client, "fpnstream:detections:{cam}")
     frames = [d["frame"] for d in entries]
     record("RTSP server killed, restarted 3 s later (live, Ray)", published=len(frames),
            duplicated=len(frames) - len(set(frames)), gap_frames=sum(1 for d in entries if d["gap"]),
-           longest_pause_s=longest_pause_s(client, "fpnstream:detections:cam"))
+           longest_pause_s=longest_pause_s(client, "fpnstream:detections:{cam}"))
     assert frames == sorted(set(frames)), "indices go on monotonically, no duplicates"
     gaps = [d for d in entries if d["gap"]]
     assert gaps and gaps[0]["frame"] >= before - 5, "the reconnect is marked on the first frame after it"
@@ -80,7 +80,7 @@ def test_stall_with_open_socket_trips_the_watchdog_and_reconnects(tmp_path, redi
     proc = start_run("--config", quick_reconnect_config(tmp_path), "--source", f"st=tcp://127.0.0.1:{server.port}",
                      *FAST, "--weights", str(small_checkpoint), "--redis-url", redis_proc.url, "--in-process")
     try:
-        wait_for(lambda: any(d["gap"] for d in docs(client, "fpnstream:detections:st")), proc, timeout=60,
+        wait_for(lambda: any(d["gap"] for d in docs(client, "fpnstream:detections:{st}")), proc, timeout=60,
                  what="frames after the watchdog reconnected")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
@@ -88,7 +88,7 @@ def test_stall_with_open_socket_trips_the_watchdog_and_reconnects(tmp_path, redi
         proc.kill()
         server.close()
     assert proc.returncode == 0, err[-3000:]
-    frames = [d["frame"] for d in docs(client, "fpnstream:detections:st")]
+    frames = [d["frame"] for d in docs(client, "fpnstream:detections:{st}")]
     assert frames == sorted(set(frames))
     assert "reconnecting in" in err
 
@@ -104,12 +104,12 @@ def test_silent_server_and_wrong_credentials_back_off_without_crashing(tmp_path,
     proc = start_run("--config", quick_reconnect_config(tmp_path), "--source", f"good=rtsp://127.0.0.1:{port}/test",
                      *FAST, "--weights", str(small_checkpoint), *ctl, env={"CAM_PASS": "wrong-pw"})
     try:
-        wait_for(lambda: client.xlen("flt:detections:good") >= 5, proc, what="good camera")
+        wait_for(lambda: client.xlen("flt:detections:{good}") >= 5, proc, what="good camera")
         assert run_cli("streams", *ctl, "add", f"silent=rtsp://127.0.0.1:{port}/silent").returncode == 0
         assert run_cli("streams", *ctl, "add", "locked=rtsp://alice:${CAM_PASS}@127.0.0.1:" + f"{auth_port}/test").returncode == 0
 
         def status(sid):
-            return {k.decode(): v.decode() for k, v in client.hgetall(f"flt:status:{sid}").items()}
+            return {k.decode(): v.decode() for k, v in client.hgetall(f"flt:status:{{{sid}}}").items()}
 
         wait_for(lambda: int(status("silent").get("reconnects") or 0) >= 1 and int(status("locked").get("reconnects") or 0) >= 1,
                  proc, timeout=90, what="both bad cameras backing off")
@@ -117,8 +117,8 @@ def test_silent_server_and_wrong_credentials_back_off_without_crashing(tmp_path,
         locked = status("locked")
         assert "authorization failed" in locked["error"]
         assert "wrong-pw" not in str(locked) and "***@" in locked["uri"]
-        n = client.xlen("flt:detections:good")
-        wait_for(lambda: client.xlen("flt:detections:good") >= n + 10, proc, what="good camera unaffected")
+        n = client.xlen("flt:detections:{good}")
+        wait_for(lambda: client.xlen("flt:detections:{good}") >= n + 10, proc, what="good camera unaffected")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=90)
     finally:
@@ -127,7 +127,7 @@ def test_silent_server_and_wrong_credentials_back_off_without_crashing(tmp_path,
         auth_srv.kill()
     assert proc.returncode == 0, err[-3000:]
     assert "wrong-pw" not in err and "Traceback" not in err
-    assert client.xlen("flt:detections:silent") == 0 and client.xlen("flt:detections:locked") == 0
+    assert client.xlen("flt:detections:{silent}") == 0 and client.xlen("flt:detections:{locked}") == 0
 
 
 def test_wrong_credentials_at_startup_one_clear_line(redis_proc):
@@ -199,7 +199,7 @@ def test_secrets_stay_out_of_logs_labels_ids_and_redis(tmp_path, redis_proc, sma
                      "--metrics-port", str(metrics_port), "--redis-url", redis_proc.url, "--log-level", "DEBUG",
                      env={"CAM_PASS": "Sup3r-Secret"})
     try:
-        wait_for(lambda: client.xlen("fpnstream:detections:127.0.0.1-test") >= 5 and client.xlen("fpnstream:detections:viaenv") >= 5,
+        wait_for(lambda: client.xlen("fpnstream:detections:{127.0.0.1-test}") >= 5 and client.xlen("fpnstream:detections:{viaenv}") >= 5,
                  proc, what="both cameras")
         time.sleep(1)
         scraped.append(urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode())

@@ -85,7 +85,7 @@ def test_real_prometheus_scrapes_a_ray_run(tmp_path, clips, redis_proc, small_ch
                      "--max-size", "128", "--num-actors", "2", "--keep-alive", "--metrics-port", str(port),
                      "--redis-url", redis_proc.url, "--redis-prefix", "pm")
     try:
-        wait_for(lambda: all(client.xlen(f"pm:detections:{n}") == expected[n] for n in names), proc, what="all published")
+        wait_for(lambda: all(client.xlen(f"pm:detections:{{{n}}}") == expected[n] for n in names), proc, what="all published")
 
         def counts_match() -> bool:
             got = {r["metric"]["stream"]: float(r["value"][1])
@@ -101,7 +101,7 @@ def test_real_prometheus_scrapes_a_ray_run(tmp_path, clips, redis_proc, small_ch
         decoded = {r["metric"]["stream"]: float(r["value"][1]) for r in prom.query("sum by (stream) (fpnstream_frames_decoded_total)")}
         assert decoded == {n: float(expected[n]) for n in names}
         dets = prom.query("sum(fpnstream_detections_total)")
-        published_dets = sum(len(json.loads(f[b"detections"])) for n in names for _, f in client.xrange(f"pm:detections:{n}"))
+        published_dets = sum(len(json.loads(f[b"detections"])) for n in names for _, f in client.xrange(f"pm:detections:{{{n}}}"))
         assert float(dets[0]["value"][1]) == published_dets > 0
         up = {r["metric"]["stream"]: float(r["value"][1]) for r in prom.query("max by (stream) (fpnstream_source_up)")}
         assert up == {n: 0.0 for n in names}  # files have ended

@@ -24,7 +24,7 @@ def test_publish_one_entry_per_frame_in_order(redis_proc):
     lat = sink.publish(batch("cam", 0, 3)).latencies
     sink.publish(batch("cam", 3, 2))
     assert lat == [0.75, 0.75, 0.75]  # metrics include the write; the payload (below) does not
-    entries = client.xrange("t:detections:cam")
+    entries = client.xrange("t:detections:{cam}")
     docs = [decode_entry(f) for _, f in entries]
     assert [d["frame"] for d in docs] == [0, 1, 2, 3, 4]
     assert docs[0]["detections"][0]["name"] == "car" and docs[0]["latency_ms"] == 500.0
@@ -35,7 +35,7 @@ def test_approximate_maxlen_trims(redis_proc):
     sink = RedisStreamSink(client, "t", maxlen=10, model_name="m")
     for k in range(50):
         sink.publish(batch("cam", k * 10, 10))
-    n = client.xlen("t:detections:cam")
+    n = client.xlen("t:detections:{cam}")
     assert 10 <= n < 500  # approximate trimming keeps at least maxlen, far fewer than written
 
 
@@ -71,10 +71,10 @@ def test_retried_and_resumed_batches_never_duplicate(redis_proc):
     sink.publish(batch("cam", 0, 4))
     again = sink.publish(batch("cam", 2, 4))  # frames 2-3 again (a retry), 4-5 new
     assert again.written == {"cam": 2}
-    assert [decode_entry(f)["frame"] for _, f in client.xrange("t:detections:cam")] == [0, 1, 2, 3, 4, 5]
+    assert [decode_entry(f)["frame"] for _, f in client.xrange("t:detections:{cam}")] == [0, 1, 2, 3, 4, 5]
     # A new writer resumes after the last published frame.
     assert RedisStreamSink(client, "t", maxlen=0, model_name="m").claim("cam", owner="w2") == 6
-    assert client.hget("t:status:cam", "published") == b"6"
+    assert client.hget("t:status:{cam}", "published") == b"6"
 
 
 def test_runs_new_run_restarts_frames_and_entries_say_which_run(redis_proc):
@@ -85,17 +85,17 @@ def test_runs_new_run_restarts_frames_and_entries_say_which_run(redis_proc):
     assert starts_new_run(client, "t", "cam", restart=False)  # never ran
     assert sink.claim("cam", restart=True) == 0
     sink.publish(batch("cam", 0, 3))
-    client.hset("t:status:cam", "state", "streaming")  # the job died here
+    client.hset("t:status:{cam}", "state", "streaming")  # the job died here
     assert not starts_new_run(client, "t", "cam", restart=False)
     assert sink.claim("cam", owner="w2") == 3  # resumed: same run
     sink.publish(batch("cam", 3, 2))
-    client.hset("t:status:cam", "state", "finished")
+    client.hset("t:status:{cam}", "state", "finished")
     assert starts_new_run(client, "t", "cam", restart=False) and starts_new_run(client, "t", "cam", restart=True)
     assert sink.claim("cam", restart=True) == 0
     sink.publish(batch("cam", 0, 1))
-    runs = [(decode_entry(f)["run"], decode_entry(f)["frame"]) for _, f in client.xrange("t:detections:cam")]
+    runs = [(decode_entry(f)["run"], decode_entry(f)["frame"]) for _, f in client.xrange("t:detections:{cam}")]
     assert runs == [(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 0)]
-    assert client.hget("t:status:cam", "run") == b"2" and client.hget("t:status:cam", "published") == b"1"
+    assert client.hget("t:status:{cam}", "run") == b"2" and client.hget("t:status:{cam}", "published") == b"1"
 
 
 def test_fenced_writer_is_refused_other_streams_still_written(redis_proc):
@@ -109,4 +109,4 @@ def test_fenced_writer_is_refused_other_streams_still_written(redis_proc):
     dets = batch("a", 0, 2).detections * 2
     result = old.publish(BatchResult(metas, dets, StageTimes(0, 0, 0)))
     assert result.fenced == {"a"} and result.written == {"b": 2}
-    assert client.xlen("t:detections:a") == 0 and client.xlen("t:detections:b") == 2
+    assert client.xlen("t:detections:{a}") == 0 and client.xlen("t:detections:{b}") == 2

@@ -37,7 +37,7 @@ def run(cfg, client, size):
 
 
 def frames(client, prefix, sid):
-    return [decode_entry(f)["frame"] for _, f in client.xrange(f"{prefix}:detections:{sid}")]
+    return [decode_entry(f)["frame"] for _, f in client.xrange(f"{prefix}:detections:{{{sid}}}")]
 
 
 def test_streams_spread_over_local_workers_every_frame_once(tmp_path, redis_proc, small_checkpoint):
@@ -48,7 +48,7 @@ def test_streams_spread_over_local_workers_every_frame_once(tmp_path, redis_proc
     for c in clips:
         assert frames(client, "lp", c.stem) == list(range(20))
         assert report.streams[c.stem].state == "finished" and report.streams[c.stem].published == 20
-    assert {client.hget(f"lp:status:{c.stem}", "worker") for c in clips} == {b"0", b"1"}
+    assert {client.hget(f"lp:status:{{{c.stem}}}", "worker") for c in clips} == {b"0", b"1"}
 
 
 def test_hung_local_worker_is_replaced_and_its_stream_resumes(tmp_path, redis_proc, small_checkpoint, monkeypatch):
@@ -62,6 +62,6 @@ def test_hung_local_worker_is_replaced_and_its_stream_resumes(tmp_path, redis_pr
     report, metrics = run(cfg, client, size=1)
     assert marker.exists(), "the failpoint fired"
     assert frames(client, "lh", "h") == list(range(60))
-    assert client.hget("lh:status:h", "last_move") == b"worker 0 hung"
+    assert client.hget("lh:status:{h}", "last_move") == b"worker 0 hung"
     assert metrics.worker_hangs._value.get() == 1
     assert report.streams["h"].state == "finished"

@@ -41,7 +41,7 @@ def test_every_frame_of_every_file_exactly_once_in_order(detector, redis_proc, c
     total_dets = 0
     for n in names:
         ref = reference_frames(clips[n])
-        docs = [decode_entry(f) for _, f in client.xrange(f"p:detections:{n}")]
+        docs = [decode_entry(f) for _, f in client.xrange(f"p:detections:{{{n}}}")]
         assert [d["frame"] for d in docs] == list(range(len(ref)))
         assert [d["pts"] for d in docs] == pytest.approx([pts for _, pts, _ in ref], abs=1e-9)
         assert {(d["width"], d["height"]) for d in docs} == {(ref[0][2].shape[1], ref[0][2].shape[0])}
@@ -64,7 +64,7 @@ def test_fps_sampling_counts_sampled_frames(detector, redis_proc, clips):
     metrics = Metrics()
     src = [SourceConfig(uri=str(clips["mp4_h264"]), id="s", fps=10)]
     report = make_pipeline(detector, client, src, metrics).run(threading.Event())
-    frames = [decode_entry(f)["frame"] for _, f in client.xrange("p:detections:s")]
+    frames = [decode_entry(f)["frame"] for _, f in client.xrange("p:detections:{s}")]
     assert frames == list(range(0, 24, 3))
     assert report.streams["s"].dropped == {"sampled": 16}
     assert metrics.frames_dropped.labels("s", "sampled")._value.get() == 16
@@ -74,7 +74,7 @@ def test_truncated_file_publishes_decodable_frames_and_warns(detector, redis_pro
     client = redis_proc.client()
     report = make_pipeline(detector, client, [SourceConfig(uri=str(clips["truncated_mkv"]), id="t")], Metrics()).run(threading.Event())
     n = len(reference_frames(clips["truncated_mkv"]))
-    assert client.xlen("p:detections:t") == n == report.streams["t"].published
+    assert client.xlen("p:detections:{t}") == n == report.streams["t"].published
     assert "truncated" in report.streams["t"].warning
 
 
@@ -89,7 +89,7 @@ def test_stop_drains_what_was_decoded(detector, redis_proc, tmp_path):
     t = time.monotonic()
     report = pipeline.run(stop)
     assert time.monotonic() - t < 30
-    frames = [decode_entry(f)["frame"] for _, f in client.xrange("p:detections:l")]
+    frames = [decode_entry(f)["frame"] for _, f in client.xrange("p:detections:{l}")]
     assert 0 < len(frames) < 300
     assert frames == list(range(len(frames)))  # contiguous: nothing accepted was lost
     r = report.streams["l"]
@@ -152,5 +152,5 @@ def test_a_failing_source_affects_only_its_stream(detector, redis_proc, clips):
     report = out["report"]
     assert report.streams["good"].state == "finished"
     n = len(reference_frames(clips["mp4_h264"]))
-    assert [decode_entry(f)["frame"] for _, f in client.xrange("p:detections:good")] == list(range(n))
-    assert client.xlen("p:detections:bad") == 0
+    assert [decode_entry(f)["frame"] for _, f in client.xrange("p:detections:{good}")] == list(range(n))
+    assert client.xlen("p:detections:{bad}") == 0
