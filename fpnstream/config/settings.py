@@ -92,6 +92,9 @@ class ModelConfig(_Strict):
         default="torch", description="CPU: run the backbone+FPN with OpenVINO (pip install openvino), fp32")
     warmup_sizes: tuple[str, ...] = Field(
         default=(), description="frame sizes WxH to run once at load (compiles them), e.g. [1280x720]")
+    plugin: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="module:factory of your own detector, used instead of the torchvision model (README, Model)")
 
     @field_validator("name")
     @classmethod

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable, Sequence
 
 import av
 import numpy as np
@@ -44,9 +46,12 @@ def write_clip(
     container_format: str | None = None,
     options: dict[str, str] | None = None,
     container_options: dict[str, str] | None = None,
+    draw: Callable[[int, int, int], np.ndarray] | None = None,
 ) -> Path:
     """Encode `frames` synthetic frames; returns the path. Container is chosen by suffix.
+    `draw(index, width, height)` makes each RGB frame (default: `synthetic_frame`).
     The caller's CPU scheduling is kept (SVT-AV1 would leave it real-time: see scheduling.py)."""
+    draw = draw or (lambda i, w, h: synthetic_frame(i, w, h, seed))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with keep_scheduling(), av.open(str(path), mode="w", format=container_format, options=container_options or {}) as out:
@@ -54,7 +59,7 @@ def write_clip(
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         frame_time_base = 1 / Fraction(fps)
         for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(synthetic_frame(i, width, height, seed), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(draw(i, width, height), format="rgb24")
             frame = frame.reformat(format=pix_fmt)
             frame.pts = i
             frame.time_base = frame_time_base
@@ -63,3 +68,38 @@ def write_clip(
         for packet in stream.encode(None):
             out.mux(packet)
     return path
+
+
+@dataclass(frozen=True)
+class MovingSquare:
+    """A bright square on a dark scene, present from frame `first` to `last` (inclusive),
+    its top-left corner at (x, y) + (vx, vy) * (index - first)."""
+
+    first: int
+    last: int
+    x: float
+    y: float
+    vx: float
+    vy: float
+    size: int = 12
+
+    def box(self, index: int) -> tuple[int, int, int, int] | None:
+        if not self.first <= index <= self.last:
+            return None
+        x, y = round(self.x + self.vx * (index - self.first)), round(self.y + self.vy * (index - self.first))
+        return x, y, x + self.size, y + self.size
+
+
+def scene_drawer(objects: Sequence[MovingSquare]) -> Callable[[int, int, int], np.ndarray]:
+    """`draw` for `write_clip`: the squares of a scene with known trajectories (tracking tests)."""
+
+    def draw(index: int, width: int, height: int) -> np.ndarray:
+        img = np.full((height, width, 3), 16, np.uint8)
+        for obj in objects:
+            box = obj.box(index)
+            if box is not None:
+                x1, y1, x2, y2 = (max(0, v) for v in box)
+                img[y1:y2, x1:x2] = 235
+        return img
+
+    return draw

@@ -39,11 +39,11 @@ class StreamWorker:
     def load(self) -> WorkerInfo:
         from fpnstream.core.failpoints import Failpoints
         from fpnstream.detection.backends import InProcessBackend  # torch loads here
-        from fpnstream.detection.model import Detector
+        from fpnstream.detection.plugins import load_detector
         from fpnstream.publish.snapshots import PreviewSnapshots
 
         cfg = self._cfg
-        detector = Detector.from_config(cfg.model, cfg.batch.max_size)
+        detector = load_detector(cfg.model, cfg.batch.max_size)
         # Redis may be away: load anyway. The driver has found out whether it is a cluster.
         client = lazy_client(self._redis_url, cfg.redis.socket_timeout_s, bool(cfg.redis.cluster))
         self._sink = RedisStreamSink(client, cfg.redis.prefix, cfg.redis.maxlen, detector.model_name)
