@@ -20,6 +20,7 @@ def anchors(boxes: np.ndarray, anchor: str) -> np.ndarray:
 class Zone:
     def __init__(self, cfg: ZoneConfig) -> None:
         self.name = cfg.name
+        self.points = [list(p) for p in cfg.polygon]
         self._polygon = Polygon(cfg.polygon)
         shapely.prepare(self._polygon)
 
@@ -37,6 +38,7 @@ class Line:
 
     def __init__(self, cfg: LineConfig) -> None:
         self.name = cfg.name
+        self.start, self.end = list(cfg.start), list(cfg.end)
         self._start = np.asarray(cfg.start, float)
         self._dir = np.asarray(cfg.end, float) - self._start
         self._segment = LineString([cfg.start, cfg.end])

@@ -72,5 +72,5 @@ class AnalyticsStage:
             touched[meta.stream_id] = analyzer
         if not touched:
             return result
-        analytics = {sid: StreamAnalytics(a.save(), a.occupancy()) for sid, a in touched.items()}
+        analytics = {sid: StreamAnalytics(a.save(), a.occupancy(), a.overlay()) for sid, a in touched.items()}
         return dataclasses.replace(result, detections=tuple(detections), events=tuple(events), analytics=analytics)

@@ -16,7 +16,7 @@ import numpy as np
 from fpnstream.analytics import tracker_state
 from fpnstream.analytics.geometry import Line, Zone, anchors
 from fpnstream.config.analytics import LineConfig, TrackingConfig, ZoneConfig
-from fpnstream.core.events import Event, EventKind
+from fpnstream.core.events import Direction, Event, EventKind
 from fpnstream.core.frames import Detections, FrameMeta
 
 _INT_PARAMS = {"lost_track_buffer", "minimum_consecutive_frames"}
@@ -48,6 +48,10 @@ def track_ids_in_order(tracked, n: int) -> np.ndarray:
     return ids
 
 
+def _no_crossings() -> dict[str, int]:
+    return {d.value: 0 for d in Direction}
+
+
 class StreamAnalyzer:
     def __init__(self, stream_id: str, tracking: TrackingConfig, zones: tuple[ZoneConfig, ...] = (),
                  lines: tuple[LineConfig, ...] = ()) -> None:
@@ -59,6 +63,8 @@ class StreamAnalyzer:
         self._inside: dict[str, dict[int, list]] = {z.name: {} for z in self._zones}  # zone -> track -> [label, name]
         # line -> track -> its last anchor point off that line
         self._last: dict[str, dict[int, list[float]]] = {ln.name: {} for ln in self._lines}
+        # line -> crossings so far in this run, by direction (saved: counts survive a move)
+        self._crossed: dict[str, dict[str, int]] = {ln.name: _no_crossings() for ln in self._lines}
         self._classes_seen: set[tuple[str, str]] = set()  # (zone, class): report 0 after they leave
 
     # -- per frame ---------------------------------------------------------------------------
@@ -100,6 +106,7 @@ class StreamAnalyzer:
                     direction = line.crossing(np.asarray(before), point)
                     if direction is not None:
                         event(EventKind.CROSS, line.name, track, label, name, direction)
+                        self._crossed[line.name][direction.value] += 1
                 last[track] = [float(point[0]), float(point[1])]
         # Tracks the tracker has given up on (lost past its buffer): they leave their zones.
         alive = {int(t.tracker_id) for t in self._tracker.tracks}
@@ -121,6 +128,15 @@ class StreamAnalyzer:
                 counts[(zone.name, name)] = counts.get((zone.name, name), 0) + 1
         return tuple((z, c, n) for (z, c), n in sorted(counts.items()))
 
+    def overlay(self) -> dict | None:
+        """Zones and lines with their counts so far, for the preview; None without any."""
+        if not self._zones and not self._lines:
+            return None
+        return {
+            "zones": [{"name": z.name, "polygon": z.points, "inside": len(self._inside[z.name])} for z in self._zones],
+            "lines": [{"name": ln.name, "start": ln.start, "end": ln.end, **self._crossed[ln.name]} for ln in self._lines],
+        }
+
     # -- state -------------------------------------------------------------------------------
     def save(self) -> bytes:
         return tracker_state.dumps({
@@ -128,6 +144,7 @@ class StreamAnalyzer:
             "tracker": tracker_state.dump_tracker(self._tracker),
             "inside": {z: [[t, lab, name] for t, (lab, name) in m.items()] for z, m in self._inside.items()},
             "last": {ln: [[t, p] for t, p in m.items()] for ln, m in self._last.items()},
+            "crossed": self._crossed,
         })
 
     def restore(self, blob: bytes) -> None:
@@ -148,3 +165,8 @@ class StreamAnalyzer:
             if line in last:
                 last[line] = {int(t): [float(p[0]), float(p[1])] for t, p in points}
         self._last = last
+        crossed = {ln.name: _no_crossings() for ln in self._lines}
+        for line, counts in data.get("crossed", {}).items():
+            if line in crossed:
+                crossed[line] = {d: int(counts.get(d, 0)) for d in crossed[line]}
+        self._crossed = crossed

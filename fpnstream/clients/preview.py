@@ -129,7 +129,7 @@ class PreviewState:
             hit = self._frames.get(stream_id)
             if hit is not None and hit.key == ident:
                 return hit.jpeg
-        raw = self._client.hmget(key, ("frame", "published_ts", "jpeg", "detections", "width", "jpeg_width"))
+        raw = self._client.hmget(key, ("frame", "published_ts", "jpeg", "detections", "width", "jpeg_width", "analytics"))
         if raw[0] is None or raw[2] is None:
             return None
         ident = (_num(raw[0], int), _text(raw[1] or ""))
@@ -137,27 +137,32 @@ class PreviewState:
             hit = self._frames.get(stream_id)
             if hit is not None and hit.key == ident:  # another viewer drew it meanwhile
                 return hit.jpeg
-            jpeg = _annotate(raw[2], raw[3], _num(raw[4], int), _num(raw[5], int))
+            jpeg = _annotate(raw[2], raw[3], _num(raw[4], int), _num(raw[5], int), raw[6])
             self._frames[stream_id] = _Annotated(ident, jpeg)
             return jpeg
 
 
-def _annotate(jpeg: bytes, detections: Any, width: int, jpeg_width: int) -> bytes:
+def _annotate(jpeg: bytes, detections: Any, width: int, jpeg_width: int, analytics: Any = None) -> bytes:
     from PIL import Image
 
-    from fpnstream.publish.draw import draw_detections, to_jpeg
+    from fpnstream.publish.draw import draw_detections, draw_overlay, to_jpeg
 
-    try:
-        dets = json.loads(_text(detections or "[]"))
-    except ValueError:
-        dets = []
+    dets, overlay = _json(detections, []), _json(analytics, {})
     try:
         img = Image.open(io.BytesIO(jpeg))
         img.load()
     except OSError:
         return jpeg  # not decodable: pass the snapshot through as it is
     scale = jpeg_width / width if width > 0 and jpeg_width > 0 else img.width / max(1, width or img.width)
+    img = draw_overlay(img, overlay if isinstance(overlay, dict) else {}, scale)  # under the boxes
     return to_jpeg(draw_detections(img, dets if isinstance(dets, list) else [], scale), 85)
+
+
+def _json(raw: Any, default: Any) -> Any:
+    try:
+        return json.loads(_text(raw)) if raw else default
+    except ValueError:
+        return default
 
 
 class _Server(ThreadingHTTPServer):

@@ -8,7 +8,7 @@ from typing import Any
 from fpnstream.core.redact import redact_text
 
 _STAT_FIELDS = ("frame", "ts", "published_ts", "width", "height", "jpeg_width", "jpeg_height", "latency_ms", "fps",
-                "dropped", "drops", "state", "model", "detections")
+                "dropped", "drops", "state", "model", "detections", "analytics")
 
 
 def _text(v: Any) -> str:
@@ -62,4 +62,16 @@ def _stats(stream_id: str, f: dict[str, Any], now: float) -> dict[str, Any] | No
         "jpeg_height": _num(f.get("jpeg_height"), int),
         "objects": sum(classes.values()),
         "classes": classes,
+        **_counts(f.get("analytics")),
     }
+
+
+def _counts(raw: Any) -> dict[str, Any]:
+    """A stream's zone occupancy and line crossings so far: {"zones": {name: inside},
+    "lines": {name: {"in": n, "out": n}}}; empty for a stream without zones or lines."""
+    try:
+        doc = json.loads(_text(raw)) if raw else {}
+        return {"zones": {str(z["name"]): int(z["inside"]) for z in doc.get("zones", [])},
+                "lines": {str(ln["name"]): {"in": int(ln["in"]), "out": int(ln["out"])} for ln in doc.get("lines", [])}}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return {}

@@ -100,6 +100,9 @@ class StreamAnalytics:
 
     state: bytes  # fpnstream.analytics.tracker_state: compressed JSON, never pickle
     occupancy: tuple[tuple[str, str, int], ...] = ()  # (zone, class name, tracks inside)
+    # What the preview draws (README, "fpnstream preview"): {"zones": [{name, polygon,
+    # inside}], "lines": [{name, start, end, in, out}]}, with the run's counts so far.
+    overlay: Mapping | None = None
 
 
 @dataclass(frozen=True, slots=True)

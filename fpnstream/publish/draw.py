@@ -54,6 +54,36 @@ def draw_detections(image: np.ndarray | Image.Image, detections: Iterable[Mappin
     return img
 
 
+_ZONE, _LINE = (80, 200, 255), (255, 200, 40)
+
+
+def draw_overlay(img: Image.Image, overlay: Mapping, scale: float = 1.0, line_width: int = 2) -> Image.Image:
+    """Zones (outlined, with how many tracks are inside) and lines (with a tick on their
+    `in` side and the crossings each way) of `StreamAnalytics.overlay`, onto `img` itself."""
+    draw = ImageDraw.Draw(img)
+    font = _font()
+
+    def label(xy: tuple[float, float], text: str, colour) -> None:
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        x, y = xy
+        draw.rectangle((x, y, x + right - left + 4, y + bottom - top + 4), fill=colour)
+        draw.text((x + 2, y + 2 - top), text, fill=(0, 0, 0), font=font)
+
+    for zone in overlay.get("zones", ()):
+        points = [(float(x) * scale, float(y) * scale) for x, y in zone["polygon"]]
+        draw.polygon(points, outline=_ZONE, width=line_width)
+        label(min(points, key=lambda p: (p[1], p[0])), f"{zone['name']}: {zone['inside']} inside", _ZONE)
+    for line in overlay.get("lines", ()):
+        (x1, y1), (x2, y2) = ((float(x) * scale, float(y) * scale) for x, y in (line["start"], line["end"]))
+        draw.line((x1, y1, x2, y2), fill=_LINE, width=line_width + 1)
+        # the `in` side is the right-hand side looking from start to end: a short tick there
+        mx, my, dx, dy = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
+        norm = max(1e-6, (dx * dx + dy * dy) ** 0.5)
+        draw.line((mx, my, mx - dy / norm * 10, my + dx / norm * 10), fill=_LINE, width=line_width + 1)
+        label((mx + 4, my + 4), f"{line['name']}: in {line['in']} / out {line['out']}", _LINE)
+    return img
+
+
 def to_jpeg(img: Image.Image, quality: int = 80) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)

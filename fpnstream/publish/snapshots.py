@@ -7,7 +7,9 @@ reads those hashes: it needs no access to the cameras, wherever the workers run.
 
 Hash fields: v, stream, frame, ts (capture), published_ts, width, height (original frame),
 jpeg (bytes), jpeg_width, jpeg_height, detections (schema v1 JSON, original pixels),
-latency_ms, fps, dropped (total), drops (JSON by reason), state, model.
+latency_ms, fps, dropped (total), drops (JSON by reason), state, model, and for a stream
+with zones or lines `analytics` (JSON: their geometry and counts so far, see
+`StreamAnalytics.overlay`).
 """
 
 from __future__ import annotations
@@ -100,22 +102,32 @@ class PreviewSnapshots(NoSnapshots):
                 if held is None:
                     continue
                 if held.index == meta.index and held.capture_ts == meta.capture_ts:
-                    due.append((self._held.pop(meta.stream_id), dets))
+                    due.append((self._held.pop(meta.stream_id), dets, self._overlay(result, meta.stream_id)))
                 elif meta.index >= held.index:  # the held frame was dropped (stale): hold a newer one
                     del self._held[meta.stream_id]
         if not due:
             return
         try:
             pipe = self._client.pipeline(transaction=False)
-            for frame, dets in due:
+            for frame, dets, overlay in due:
                 key = preview_key(self._prefix, frame.stream_id)
-                pipe.hset(key, mapping=self._fields(frame, dets.to_json_list(), reports.get(frame.stream_id)))
+                fields = self._fields(frame, dets.to_json_list(), reports.get(frame.stream_id))
+                if overlay is not None:
+                    fields["analytics"] = json.dumps(overlay, separators=(",", ":"))
+                pipe.hset(key, mapping=fields)
                 pipe.pexpire(key, self._ttl_ms)
             pipe.execute()
         except redis.RedisError as e:  # best effort: the preview never holds up detections
             if not self._warned:
                 log.warning("preview snapshot not written: %s", type(e).__name__)
                 self._warned = True
+
+    @staticmethod
+    def _overlay(result: BatchResult, stream_id: str):
+        """The stream's zones and lines as of the end of this batch (counts may run a few
+        frames ahead of the snapshot's frame, never behind it)."""
+        analytics = result.analytics.get(stream_id)
+        return analytics.overlay if analytics is not None else None
 
     def _fields(self, frame: Frame, dets: list[dict], report: StreamReport | None) -> dict[str, str | bytes]:
         from PIL import Image

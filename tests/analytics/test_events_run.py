@@ -7,10 +7,12 @@ are the product's."""
 
 from __future__ import annotations
 
+import json
+
 import yaml
 
 from fpnstream.devtools.synthetic import MovingSquare, scene_drawer, write_clip
-from fpnstream.publish.keys import events_key, stream_key
+from fpnstream.publish.keys import events_key, preview_key, stream_key
 from fpnstream.publish.schema import decode_entry
 from tests.conftest import run_cli
 
@@ -83,6 +85,13 @@ def test_n_objects_crossing_a_line_give_exactly_n_cross_events(tmp_path, redis_p
     assert all(len(v) == 1 for v in exits_by_track.values())
     for e in (e for e in crosses if e["direction"] == "in"):
         assert exits_by_track[e["track_id"]] == [int(e["frame"])]
+    # The preview snapshot shows the line's counts as of its batch: at least the crossings up
+    # to its frame, at most those up to the end of its batch (batch.max_size frames on).
+    snap = client.hgetall(preview_key("ev", "door"))
+    shown, line = int(snap[b"frame"]), json.loads(snap[b"analytics"])["lines"][0]
+    for direction in ("in", "out"):
+        upto = lambda last: sum(1 for e in crosses if e["direction"] == direction and int(e["frame"]) <= last)
+        assert upto(shown) <= line[direction] <= upto(shown + 3), (direction, shown, line)
     # Each detection on the published frames carries the track id its events name.
     published_ids = {d.get("track_id") for doc in frames for d in doc["detections"]} - {None}
     assert {int(e["track_id"]) for e in crosses} <= published_ids

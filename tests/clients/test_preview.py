@@ -89,6 +89,41 @@ def test_frame_has_the_detections_drawn_at_snapshot_scale(redis_proc, server):
     assert get(server.url + "frame/x.jpg?f=7")[2] == body
 
 
+def test_zones_and_lines_drawn_with_their_counts(redis_proc, server):
+    """A stream with a zone and a line: the real analyzer counts one object crossing; the
+    snapshot carries geometry and counts, the frame has them drawn, the stats list them."""
+    from fpnstream.analytics.tracking import StreamAnalyzer
+    from fpnstream.config.analytics import LineConfig, TrackingConfig, ZoneConfig
+    from fpnstream.core.frames import FrameMeta, StreamAnalytics
+
+    analyzer = StreamAnalyzer("z", TrackingConfig(enabled=True, params={"minimum_consecutive_frames": 1}),
+                              (ZoneConfig(name="lobby", polygon=((40, 40), (600, 40), (600, 200), (40, 200))),),
+                              (LineConfig(name="door", start=(320, 0), end=(320, 480)),))
+    for i in range(12):  # one box walking right, across x = 320 (moving right of a downward line is `out`)
+        x = 200 + 20 * i
+        dets = Detections(np.array([[x, 100, x + 40, 180]], np.float32), np.array([0.9], np.float32),
+                          np.ones(1, np.int64), ("person",))
+        analyzer.process(FrameMeta("z", i, i / 25, time.time(), 640, 480), dets)
+    overlay = analyzer.overlay()
+    assert overlay["lines"] == [{"name": "door", "start": [320.0, 0.0], "end": [320.0, 480.0], "in": 0, "out": 1}]
+    client = redis_proc.client()
+    frame = Frame(np.full((480, 640, 3), 128, np.uint8), "z", 11, 11 / 25, time.time())
+    snaps = PreviewSnapshots(client, PREFIX, "test-model", fps=1000, max_width=320, quality=90)
+    snaps.offer([frame])
+    none = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    snaps.write(BatchResult((frame.meta(),), (none,), StageTimes(0, 0, 0), analytics={"z": StreamAnalytics(b"", (), overlay)}), {})
+    time.sleep(0.5)
+    stats = json.loads(get(server.url + "api/streams")[2])["streams"][0]
+    assert stats["zones"] == {"lobby": 1} and stats["lines"] == {"door": {"in": 0, "out": 1}}
+    ann, raw = rgb(get(server.url + "frame/z.jpg?f=11")[2]), rgb(client.hget(preview_key(PREFIX, "z"), "jpeg"))
+    diff = np.abs(ann - raw).sum(axis=2)
+    assert diff[120:230, 159:162].mean() > 60, "the line, at half scale (x = 160)"
+    assert diff[20, 40:300].mean() > 60, "the zone's top edge (y = 20 at half scale)"
+    assert diff[150:230, 20:140].mean() < 10, "outside both: the frame itself"
+    page = get(server.url)[2].decode()
+    assert "fmtCounts" in page and '"zones / lines"' in page
+
+
 def test_api_page_and_health(redis_proc, server):
     client = redis_proc.client()
     status, ctype, body = get(server.url + "api/streams")
