@@ -54,7 +54,9 @@ class InProcessBackend:
         self._pool = LanePool(detector.lanes, name="detector")
         self.model_name = detector.model_name
         self.device = str(detector.device)
-        self.max_inflight = max(max_inflight, detector.lanes + 1)  # every lane busy, one batch ready
+        # Batches detecting at once: every lane busy, and (where there is one lane, as on a
+        # GPU) the next batch formed while the current one runs.
+        self.max_inflight = max(max_inflight, detector.lanes)
 
     def submit(self, frames: Sequence[Frame], admit: Admit | None = None) -> Future[BatchResult]:
         return self._pool.submit(self._detect, list(frames), admit)

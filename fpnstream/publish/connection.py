@@ -116,24 +116,28 @@ def read_streams(client: Client, streams: Mapping[str, str], count: int, block_m
     """XREAD (or XREADGROUP with `group`) over many streams: [(key, entries), ...].
 
     One server takes every key in one blocking call. A Redis Cluster refuses a read whose keys
-    lie in different hash slots, so there each slot is read on its own without blocking, and
-    the round is repeated (every 20 ms) until something came or `block_ms` passed."""
+    lie in different hash slots, so there a round reads each slot on its own, without
+    blocking, in one cluster pipeline (one round trip per node, sent in parallel), and the
+    round is repeated every 20 ms until something came or `block_ms` passed."""
 
-    def one(keys: Mapping[str, str], block: int | None) -> list:
+    def one(target, keys: Mapping[str, str], block: int | None):
         if group:
-            return client.xreadgroup(group, consumer, dict(keys), count=count, block=block) or []
-        return client.xread(dict(keys), count=count, block=block) or []
+            return target.xreadgroup(group, consumer, dict(keys), count=count, block=block)
+        return target.xread(dict(keys), count=count, block=block)
 
     if not streams:
         return []
     if not is_cluster(client):
-        return one(streams, block_ms or None)
+        return one(client, streams, block_ms or None) or []
     by_slot: dict[int, dict[str, str]] = {}
     for key, cursor in streams.items():
         by_slot.setdefault(key_slot(key.encode()), {})[key] = cursor
     deadline = time.monotonic() + (block_ms or 0) / 1000
     while True:
-        out = [reply for keys in by_slot.values() for reply in one(keys, None)]
+        pipe = client.pipeline(transaction=False)
+        for keys in by_slot.values():
+            one(pipe, keys, None)
+        out = [reply for replies in pipe.execute() for reply in replies or []]
         if any(entries for _, entries in out) or time.monotonic() >= deadline:
             return out
         time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))

@@ -76,6 +76,10 @@ class Pipeline:
         # Bounded: when the detector is busy the batcher blocks, then the queues fill, then file
         # decoders block (live ones drop oldest) — backpressure all the way to the source.
         self._inflight: queue.Queue = queue.Queue(maxsize=max(1, backend.max_inflight))
+        # A batch is formed only when the detector can start it (a lane is free): a batch
+        # formed earlier would wait up to a whole pass with its frames ageing, where waiting
+        # in the mux lets live streams skip to newer frames (the `behind` rule).
+        self._detecting = threading.BoundedSemaphore(max(1, backend.max_inflight))
         self._fatal: BaseException | None = None
         self._fatal_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -132,20 +136,29 @@ class Pipeline:
                 continue
         return False
 
+    def _detector_slot(self) -> bool:
+        while self._fatal is None:
+            if self._detecting.acquire(timeout=0.2):
+                return True
+        return False
+
     def _batch_loop(self) -> None:
         max_wait = self._batch.max_wait_ms / 1000.0
         admit = self._freshness.admit if self._freshness else None
         try:
-            while self._fatal is None:
+            while self._detector_slot():
                 batch: Batch | None = self._mux.take_batch(self._batch.max_size, max_wait, idle_timeout_s=0.5)
-                if batch is None:
-                    break
-                if not batch.frames:
+                if batch is None or not batch.frames:
+                    self._detecting.release()
+                    if batch is None:
+                        break
                     continue
                 for w in batch.waits:
                     self._observer.stage("batch_wait", w)
                 self._observer.batch_formed(batch.frames)
-                if not self._put_inflight(self._backend.submit(batch.frames, admit)):
+                future = self._backend.submit(batch.frames, admit)
+                future.add_done_callback(lambda _: self._detecting.release())
+                if not self._put_inflight(future):
                     break
         except Exception as e:
             self._fail(e)
