@@ -6,9 +6,11 @@ Redis server takes of fpnstream's writes.
    workers that skip decoding and the model and answer status polls with a report per
    stream. Tick time and the driver's memory for 2,000 streams over 50 and 100 workers.
 2. Redis: the publish script as fpnstream calls it (one EVALSHA per batch for all its
-   streams) against one local redis-server: entries/s and bytes per entry.
+   streams; on a Redis Cluster one per hash slot) against one local redis-server, and with
+   --redis-cluster also against a local three-node cluster: entries/s, bytes per entry and
+   server CPU per entry.
 
-    .venv/bin/python benchmarks/scaling.py [--redis-url redis://127.0.0.1:6379/9]
+    .venv/bin/python benchmarks/scaling.py [--redis-url redis://127.0.0.1:6379/9] [--redis-cluster]
 """
 
 from __future__ import annotations
@@ -18,17 +20,23 @@ import json
 import resource
 import statistics
 import time
+import sys
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
-import redis
 from prometheus_client import CollectorRegistry
+from redis.cluster import RedisCluster
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.redis_cluster, for --redis-cluster
 
 from fpnstream.config.settings import SourceConfig, build_config
 from fpnstream.core.frames import BatchResult, Detections, FrameMeta, StageTimes
 from fpnstream.core.health import DetectorProgress
 from fpnstream.core.reports import Assignment, StreamReport, StreamState, WorkerInfo, WorkerStatus
 from fpnstream.observe.metrics import DriverMetrics
+from fpnstream.publish.connection import connect, is_cluster
+from fpnstream.publish.keys import stream_key
 from fpnstream.publish.sink import RedisStreamSink
 from fpnstream.runtime.coordinator import Coordinator
 from fpnstream.runtime.status_board import StatusBoard
@@ -83,7 +91,7 @@ class LightPool:
 
 
 def coordinator_cost(url: str, streams: int, workers: int, ticks: int = 10) -> dict:
-    client = redis.Redis.from_url(url)
+    client = connect(url, cluster=False)
     client.flushdb()
     cfg = build_config({"redis": {"url": url, "prefix": "scale"}, "ray": {"num_actors": workers},
                         "metrics": {"port": 0}})
@@ -109,41 +117,62 @@ def coordinator_cost(url: str, streams: int, workers: int, ticks: int = 10) -> d
             "python_heap_peak_mb": round(peak / 2**20, 1), "streams_per_worker_min_max": [per_worker[0], per_worker[-1]]}
 
 
+def _server_totals(client) -> tuple[int, float]:
+    """(used memory bytes, CPU seconds) of the server, summed over a cluster's primaries."""
+    if is_cluster(client):
+        infos = list(client.info(target_nodes=RedisCluster.PRIMARIES).values())
+    else:
+        infos = [client.info()]
+    return (sum(i["used_memory"] for i in infos), sum(i["used_cpu_user"] + i["used_cpu_sys"] for i in infos))
+
+
 def redis_throughput(url: str, streams: int = 100, batch: int = 8, dets: int = 5, seconds: float = 5.0) -> dict:
-    client = redis.Redis.from_url(url)
-    client.flushdb()
+    client = connect(url)  # a cluster when the URL names a node of one
+    client.flushdb()  # on a cluster: every primary
     sink = RedisStreamSink(client, "rt", maxlen=1000, model_name="m")
     for i in range(streams):
         sink.claim(f"s{i}", owner=f"o{i}", restart=True)
     b = np.array([[10, 20, 110, 220]] * dets, np.float32)
     d = Detections(b, np.full(dets, 0.9, np.float32), np.ones(dets, np.int64), ("person",) * dets)
     frame, n, t0 = 0, 0, time.perf_counter()
-    used0 = client.info("memory")["used_memory"]
+    used0, cpu0 = _server_totals(client)
     while time.perf_counter() - t0 < seconds:
-        metas = tuple(FrameMeta(f"s{(frame * batch + k) % streams}", frame, frame / 30, time.time(), 1280, 720)
-                      for k in range(batch))
+        ids = [(frame * batch + k) % streams for k in range(batch)]
+        metas = tuple(FrameMeta(f"s{i}", frame, frame / 30, time.time(), 1280, 720, lease=f"o{i}") for i in ids)
         sink.publish(BatchResult(metas, (d,) * batch, StageTimes(0, 0, 0)))
         frame += 1
         n += batch
     secs = time.perf_counter() - t0
-    cpu = client.info("cpu")
-    entries = sum(client.xlen(f"rt:detections:{{s{i}}}") for i in range(streams))
-    return {"batch": batch, "detections_per_entry": dets, "entries_per_s": round(n / secs),
-            "bytes_per_entry_in_redis": round((client.info("memory")["used_memory"] - used0) / max(entries, 1)),
-            "redis_cpu_s": round(cpu["used_cpu_user"] + cpu["used_cpu_sys"], 2)}
+    used1, cpu1 = _server_totals(client)
+    entries = sum(client.xlen(stream_key("rt", f"s{i}")) for i in range(streams))
+    return {"cluster": is_cluster(client), "batch": batch, "detections_per_entry": dets,
+            "entries_per_s": round(n / secs), "bytes_per_entry_in_redis": round((used1 - used0) / max(entries, 1)),
+            "redis_cpu_ms_per_entry": round((cpu1 - cpu0) * 1000 / max(n, 1), 4)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
     ap.add_argument("--out", default="benchmarks/out/scaling.json")
+    ap.add_argument("--redis-cluster", action="store_true",
+                    help="also measure the publish script against a local three-node Redis Cluster")
     a = ap.parse_args()
     doc = {"coordinator": [coordinator_cost(a.redis_url, 2000, w) for w in (50, 100)],
            "redis": [redis_throughput(a.redis_url, batch=b) for b in (1, 8)],
            "driver_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    print(json.dumps(doc, indent=2))
-    from pathlib import Path
+    if a.redis_cluster:
+        import tempfile
 
+        from tests.redis_cluster import RedisClusterProcs, cluster_ports
+
+        try:
+            cluster = RedisClusterProcs(Path(tempfile.mkdtemp()), cluster_ports(3))
+            doc["redis_cluster_3_nodes"] = [redis_throughput(cluster.url, batch=b) for b in (1, 8)]
+        finally:
+            from tests import procs
+
+            procs.reap_all(procs._long_lived)
+    print(json.dumps(doc, indent=2))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(doc, indent=2) + "\n")
 

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 class AnalyticsStage:
     def __init__(self, defaults: TrackingConfig) -> None:
         self._defaults = defaults
-        self._streams: dict[str, StreamAnalyzer] = {}
+        self._streams: dict[str, tuple[StreamAnalyzer, str]] = {}  # id -> its analyzer, the claim it is for
         self._lock = threading.Lock()  # streams open and close on the worker's control thread
 
     def tracking_for(self, override: TrackingOverride | None, zones: tuple, lines: tuple) -> TrackingConfig | None:
@@ -31,8 +31,10 @@ class AnalyticsStage:
         return cfg if cfg.enabled or zones or lines else None
 
     def open(self, stream_id: str, override: TrackingOverride | None, zones: tuple[ZoneConfig, ...],
-             lines: tuple[LineConfig, ...], saved: bytes | None) -> bool:
+             lines: tuple[LineConfig, ...], saved: bytes | None, lease: str = "") -> bool:
         """Start analysing a stream (if it is tracked), from its saved state when it has one.
+        Only frames of the claim `lease` are analysed: frames of an earlier claim still in
+        flight would feed the tracker out of order (they are fenced off anyway).
         Returns whether saved tracks were restored."""
         cfg = self.tracking_for(override, zones, lines)
         with self._lock:
@@ -50,7 +52,7 @@ class AnalyticsStage:
             except StateError as e:
                 log.warning("stream %s: saved tracks not restored (%s); track ids start over", stream_id, e)
         with self._lock:
-            self._streams[stream_id] = analyzer
+            self._streams[stream_id] = (analyzer, lease)
         return restored
 
     def close(self, stream_id: str) -> None:
@@ -64,8 +66,8 @@ class AnalyticsStage:
             return result
         detections, events, touched = list(result.detections), [], {}
         for i, meta in enumerate(result.metas):
-            analyzer = streams.get(meta.stream_id)
-            if analyzer is None:
+            analyzer, lease = streams.get(meta.stream_id, (None, None))
+            if analyzer is None or meta.lease != lease:
                 continue
             detections[i], frame_events = analyzer.process(meta, detections[i])
             events += frame_events

@@ -22,6 +22,7 @@ class _StreamQueue:
     capacity: int
     policy: DropPolicy
     space: threading.Condition  # its blocked producer waits here (shares the mux's lock)
+    lease: str = ""  # the claim whose frames it takes (Frame.lease)
     items: deque[tuple[Frame, float]] = field(default_factory=deque)
     closed: bool = False
 
@@ -68,17 +69,20 @@ class FrameMux:
         self._rr = 0
         self._shutdown = False
 
-    def add_stream(self, stream_id: str, capacity: int, policy: DropPolicy) -> None:
+    def add_stream(self, stream_id: str, capacity: int, policy: DropPolicy, lease: str = "") -> None:
+        """`lease`: the claim whose frames the queue takes; frames of another (an earlier
+        claim of the stream on this worker) are refused. A closed queue of that earlier
+        claim is replaced: its frames would be fenced off at publish anyway."""
         with self._cond:
             if stream_id in self._queues and not self._queues[stream_id].closed:
                 raise ValueError(f"stream {stream_id!r} is already open")
-            self._queues[stream_id] = _StreamQueue(capacity, policy, threading.Condition(self._lock))
+            self._queues[stream_id] = _StreamQueue(capacity, policy, threading.Condition(self._lock), lease)
 
     def put(self, frame: Frame) -> bool:
         """Enqueue a frame; False if its stream was closed or the mux shut down (not accepted)."""
         with self._cond:
             q = self._queues.get(frame.stream_id)
-            if q is None or q.closed:
+            if q is None or q.closed or frame.lease != q.lease:
                 return False
             if q.policy is DropPolicy.BLOCK:
                 while len(q.items) >= q.capacity and not q.closed:

@@ -22,6 +22,10 @@ class Frame:
     pts: float | None  # seconds, from the stream's time base; None if the container has none
     capture_ts: float  # wall-clock Unix seconds when the frame left the decoder
     gap: bool = False  # first frame after a reconnect: frames were missed before it
+    # The ownership token of the claim the frame was decoded under: its entry is written
+    # with this fence, so a frame from before a move can never be written as if it were
+    # the new owner's (the same worker may own a stream again while old frames drain).
+    lease: str = ""
 
     @property
     def height(self) -> int:
@@ -32,7 +36,8 @@ class Frame:
         return int(self.image.shape[1])
 
     def meta(self) -> FrameMeta:
-        return FrameMeta(self.stream_id, self.index, self.pts, self.capture_ts, self.width, self.height, self.gap)
+        return FrameMeta(self.stream_id, self.index, self.pts, self.capture_ts, self.width, self.height, self.gap,
+                         self.lease)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,7 @@ class FrameMeta:
     width: int
     height: int
     gap: bool = False
+    lease: str = ""  # see Frame.lease; never part of the published entry
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,11 @@ Writes go through a small Lua script so each stream's writes are idempotent and 
   stream resumed on another worker never duplicates an entry;
 - a writer whose owner token is no longer the stream's owner (it was presumed dead and the
   stream moved) is refused, so two workers never interleave one stream.
+
+The token a frame is written with is the one it was decoded under (`Frame.lease`), not
+whatever this worker holds now: a worker that gets a stream back while frames of its
+earlier claim are still in flight must not write those as the new claim's, or the resume
+point would jump past frames the new claim has yet to publish.
 """
 
 from __future__ import annotations
@@ -131,7 +136,6 @@ class RedisStreamSink:
         self._model = model_name
         self._clock = clock
         self._cluster = is_cluster(client)
-        self._owners: dict[str, str] = {}
         self._runs: dict[str, int] = {}
         self._tracks: dict[str, bytes | None] = {}
 
@@ -140,10 +144,10 @@ class RedisStreamSink:
 
         `restart` starts a new run (run number + 1, frames from 0); otherwise the current
         run goes on after its last published frame. Entries carry their run number.
+        `owner` is the claim's fencing token: frames decoded for it carry it as `lease`.
         """
         next_frame, run, tracks = self._evalsha(_CLAIM, [status_key(self._prefix, stream_id)],
                                                 [owner, "1" if restart else "0"])
-        self._owners[stream_id] = owner
         self._runs[stream_id] = int(run)
         self._tracks[stream_id] = tracks or None
         return int(next_frame)
@@ -177,14 +181,16 @@ class RedisStreamSink:
         for e in result.events:
             events.setdefault((e.stream_id, e.frame), []).append(e)
         calls: dict[int, tuple[list[str], list, list[str]]] = {}  # slot (0 on one server) -> keys, args, order
-        pairs = sorted(zip(result.metas, result.detections), key=lambda p: p[0].stream_id)  # stable: keeps frame order
-        for sid, group in groupby(pairs, key=lambda p: p[0].stream_id):
+        # One group per stream and claim (a batch holds one claim's frames of a stream; the
+        # grouping keeps that true whatever comes). Stable sort: frame order is kept.
+        pairs = sorted(zip(result.metas, result.detections), key=lambda p: (p[0].stream_id, p[0].lease))
+        for (sid, lease), group in groupby(pairs, key=lambda p: (p[0].stream_id, p[0].lease)):
             entries_key = stream_key(self._prefix, sid)
             keys, args, order = calls.setdefault(key_slot(entries_key.encode()) if self._cluster else 0,
                                                  ([], [self._maxlen], []))
             run = self._runs.get(sid, 1)
             group = list(group)
-            args += [self._owners.get(sid, ""), len(group)]
+            args += [lease, len(group)]
             for meta, dets in group:
                 fields = encode_entry(meta, dets, self._model, now, run)
                 args += [meta.index, len(fields)]
@@ -211,7 +217,7 @@ class RedisStreamSink:
                     if n == -1:
                         fenced.add(sid)
                     else:
-                        written[sid] = int(n)
+                        written[sid] = written.get(sid, 0) + int(n)
         except redis.RedisError as e:
             raise SinkError(f"publishing to Redis failed: {redact_text(str(e))}") from None
         done = self._clock()

@@ -64,7 +64,7 @@ class Pipeline:
         buffer = buffer or PublishBuffer(None, 10_000, 0)
         self._analytics = analytics
         self._publisher = Publisher(sink, buffer, self._ledger, observer, outage_wait_s,
-                                    on_fenced=lambda sid: self.remove_source(sid, StreamState.MOVED),
+                                    on_fenced=self._fenced,
                                     analyze=analytics.process if analytics is not None else (lambda r: r))
         buffer.on_drop = self._spool_overflow
         self._freshness = None if freshness_s is None else FreshnessPolicy(
@@ -87,14 +87,18 @@ class Pipeline:
 
     # -- sources ---------------------------------------------------------------------------
     def add_source(self, decoder: VideoDecoder, saved_tracks: bytes | None = None) -> bool:
-        """Start a stream; returns whether its saved tracks (from Redis) were restored."""
+        """Start a stream (for the claim `decoder.lease`); returns whether its saved tracks
+        (from Redis) were restored. A stream this worker read before may still have frames
+        of that earlier claim in flight: they carry its lease, so they are fenced and never
+        counted, tracked or written as this claim's."""
         spec = decoder.spec
         sid = spec.stream_id
         self._ledger.open(sid, spec.live)
         restored = False
         if self._analytics is not None:
-            restored = self._analytics.open(sid, spec.tracking, spec.zones, spec.lines, saved_tracks)
-        self._mux.add_stream(sid, self._queue_size, DropPolicy.DROP_OLDEST if spec.live else DropPolicy.BLOCK)
+            restored = self._analytics.open(sid, spec.tracking, spec.zones, spec.lines, saved_tracks, decoder.lease)
+        self._mux.add_stream(sid, self._queue_size, DropPolicy.DROP_OLDEST if spec.live else DropPolicy.BLOCK,
+                             decoder.lease)
         self._sources.add(decoder)
         return restored
 
@@ -104,6 +108,14 @@ class Pipeline:
             return
         self._ledger.end(stream_id, state)
         self._mux.close_stream(stream_id)
+
+    def _fenced(self, stream_id: str, lease: str) -> None:
+        """Redis refused frames of `stream_id` decoded under `lease`: that claim is over. Stop
+        reading only if it is the claim being read now; frames of an earlier claim of this
+        worker (the stream went away and came back) are refused and the current one goes on."""
+        if self._sources.lease_of(stream_id) == lease:
+            log.warning("stream %s moved to another worker; this one stops feeding it", stream_id)
+            self.remove_source(stream_id, StreamState.MOVED)
 
     def stop_reading(self) -> None:
         for sid in self._sources.stream_ids():

@@ -25,7 +25,7 @@ END = object()  # put on the queue after the last batch
 
 class Publisher:
     def __init__(self, sink: RedisStreamSink, buffer: PublishBuffer, ledger: StreamLedger, observer: PipelineObserver,
-                 outage_wait_s: float, on_fenced: Callable[[str], None],
+                 outage_wait_s: float, on_fenced: Callable[[str, str], None],
                  analyze: Callable[[BatchResult], BatchResult] = lambda r: r) -> None:
         """`analyze`: the analytics stage (tracks, zones, lines), run on each result in
         submission order, before it is buffered, so a stream's tracker sees its frames in order."""
@@ -99,5 +99,4 @@ class Publisher:
             self._buffer.pop()
             self._observer.published(result, published.latencies, published.fenced, self._ledger.reports())
             for sid in published.fenced:
-                log.warning("stream %s moved to another worker; this one stops feeding it", sid)
-                self._on_fenced(sid)
+                self._on_fenced(sid, next(m.lease for m in result.metas if m.stream_id == sid))

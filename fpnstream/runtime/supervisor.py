@@ -55,6 +55,17 @@ class SourceSupervisor:
                 if src.thread is None:
                     self._start(src)
 
+    def lease_of(self, stream_id: str) -> str | None:
+        """The claim the stream's current decoder reads for (None: no such stream)."""
+        src = self._sources.get(stream_id)
+        return None if src is None else src.decoder.lease
+
+    def _current(self, src: _Source) -> bool:
+        """Whether `src` is still its stream's decoder: a stopped one may outlive its stream's
+        next start on this worker, and must then leave the new one's queue and report alone."""
+        with self._lock:
+            return self._sources.get(src.decoder.spec.stream_id) is src
+
     def stop(self, stream_id: str) -> bool:
         """Ask a stream's decoder to stop; False if there is no such stream."""
         src = self._sources.get(stream_id)
@@ -77,13 +88,16 @@ class SourceSupervisor:
                 self._run_live(src)
             else:
                 self._read_connection(src, src.decoder)
-                self._ledger.source_done(sid)
+                if self._current(src):
+                    self._ledger.source_done(sid)
         except Exception as e:  # one broken stream ends that stream, not the job
-            self._ledger.fail(sid, str(e))
+            if self._current(src):
+                self._ledger.fail(sid, str(e))
             log.error("%s", e)
         finally:
-            self._observer.source_up(sid, False)
-            self._mux.close_stream(sid)
+            if self._current(src):
+                self._observer.source_up(sid, False)
+                self._mux.close_stream(sid)
 
     def _run_live(self, src: _Source) -> None:
         sid = src.decoder.spec.stream_id
@@ -141,11 +155,17 @@ class SourceSupervisor:
                     if on_first_frame:
                         on_first_frame()
                 account()
+                if src.stop.is_set():
+                    # Decoded after the stop: never accepted, but accounted for (unless the
+                    # stream has started again here since: that is another claim's report).
+                    if self._current(src):
+                        self._ledger.drop(sid, "stopped")
+                    break
                 self._ledger.accept(sid)
-                if src.stop.is_set() or not self._mux.put(frame):
+                if not self._mux.put(frame):  # closed, or the stream reads for a newer claim here
                     self._ledger.unaccept(sid)
-                    # Decoded after the stop: never accepted, but accounted for.
-                    self._ledger.drop(sid, "stopped")
+                    if self._current(src):
+                        self._ledger.drop(sid, "stopped")
                     break
                 t = time.perf_counter()
             account()

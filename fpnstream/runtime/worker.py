@@ -63,7 +63,7 @@ class StreamWorker:
         # stream numbers its frames on from there, so indices never go back.
         start = self._sink.claim(spec.stream_id, owner=owner, restart=restart)
         # A live stream that goes on from an earlier owner missed frames in between: say so.
-        decoder = VideoDecoder(spec, self._cfg.decode, start_index=start, gap=spec.live and start > 0)
+        decoder = VideoDecoder(spec, self._cfg.decode, start_index=start, gap=spec.live and start > 0, lease=owner)
         # Its tracks go on from the state saved with its last published frame.
         restored = self._pipeline.add_source(decoder, self._sink.saved_tracks(spec.stream_id))
         return Assignment(start, restored)

@@ -82,11 +82,13 @@ class VideoDecoder:
 
     def __init__(
         self, spec: SourceSpec, cfg: DecodeConfig, clock: Callable[[], float] = time.time, start_index: int = 0,
-        gap: bool = False,
+        gap: bool = False, lease: str = "",
     ) -> None:
         """`start_index` resumes a stream: a file skips the frames before it (they were
-        published already), a live stream numbers its frames from it."""
+        published already), a live stream numbers its frames from it. `lease`: the
+        ownership token of the claim this decoder reads for, stamped on every frame."""
         self.spec = spec
+        self.lease = lease
         self._cfg = cfg
         self._clock = clock
         self._container: av.container.InputContainer | None = None
@@ -102,7 +104,7 @@ class VideoDecoder:
     def reopened(self) -> VideoDecoder:
         """A fresh connection to the same live source; frame indices go on from here and its
         first frame is marked as following a gap."""
-        return VideoDecoder(self.spec, self._cfg, self._clock, start_index=self.next_index, gap=True)
+        return VideoDecoder(self.spec, self._cfg, self._clock, start_index=self.next_index, gap=True, lease=self.lease)
 
     def open(self) -> None:
         spec = self.spec
@@ -211,7 +213,7 @@ class VideoDecoder:
                     image = av_frame.to_ndarray(format="rgb24")
                     gap, self._gap = self._gap, False
                     yield Frame(image=image, stream_id=self.spec.stream_id, index=index, pts=pts,
-                                capture_ts=self._clock(), gap=gap)
+                                capture_ts=self._clock(), gap=gap, lease=self.lease)
         except av.error.FFmpegError as e:
             if self.spec.live:
                 raise SourceError(f"source {self.spec.stream_id}: read failed: {_reason(e)}") from None

@@ -8,8 +8,8 @@ from fpnstream.publish.schema import decode_entry
 from fpnstream.publish.sink import RedisStreamSink
 
 
-def batch(stream: str, start: int, n: int, ts: float = 1000.0) -> BatchResult:
-    metas = tuple(FrameMeta(stream, i, i / 30, ts, 64, 48) for i in range(start, start + n))
+def batch(stream: str, start: int, n: int, ts: float = 1000.0, lease: str = "") -> BatchResult:
+    metas = tuple(FrameMeta(stream, i, i / 30, ts, 64, 48, lease=lease) for i in range(start, start + n))
     dets = tuple(
         Detections(np.array([[1, 2, 30, 40]], np.float32), np.array([0.75], np.float32), np.array([3]), ("car",))
         for _ in metas
@@ -105,8 +105,23 @@ def test_fenced_writer_is_refused_other_streams_still_written(redis_proc):
     old.claim("b", owner="tok-b", restart=True)
     new = RedisStreamSink(client, "t", maxlen=0, model_name="m")
     assert new.claim("a", owner="tok-new") == 0  # the stream moved to another worker
-    metas = batch("a", 0, 2).metas + batch("b", 0, 2).metas
+    metas = batch("a", 0, 2, lease="tok-old").metas + batch("b", 0, 2, lease="tok-b").metas
     dets = batch("a", 0, 2).detections * 2
     result = old.publish(BatchResult(metas, dets, StageTimes(0, 0, 0)))
     assert result.fenced == {"a"} and result.written == {"b": 2}
     assert client.xlen("t:detections:{a}") == 0 and client.xlen("t:detections:{b}") == 2
+
+
+def test_frames_are_fenced_by_the_claim_they_were_decoded_under(redis_proc):
+    """A worker gets a stream back while frames of its earlier claim are still in flight:
+    those are refused, so they cannot move the resume point past the new claim's frames."""
+    client = redis_proc.client()
+    sink = RedisStreamSink(client, "t", maxlen=0, model_name="m")
+    sink.claim("cam", owner="first", restart=True)
+    sink.publish(batch("cam", 0, 3, lease="first"))
+    RedisStreamSink(client, "t", maxlen=0, model_name="m").claim("cam", owner="elsewhere")  # moved away
+    assert sink.claim("cam", owner="again") == 3  # ... and back, before the old frames 3..5 drained
+    late = sink.publish(batch("cam", 3, 3, lease="first"))
+    assert late.fenced == {"cam"} and client.hget("t:status:{cam}", "last_frame") == b"2"
+    assert sink.publish(batch("cam", 3, 3, lease="again")).written == {"cam": 3}
+    assert [decode_entry(f)["frame"] for _, f in client.xrange("t:detections:{cam}")] == list(range(6))

@@ -154,3 +154,37 @@ def test_a_failing_source_affects_only_its_stream(detector, redis_proc, clips):
     n = len(reference_frames(clips["mp4_h264"]))
     assert [decode_entry(f)["frame"] for _, f in client.xrange("p:detections:{good}")] == list(range(n))
     assert client.xlen("p:detections:{bad}") == 0
+
+
+def test_stream_back_on_its_worker_while_old_frames_drain_loses_nothing(redis_proc, tmp_path):
+    """A worker's claim is fenced (the stream moved away) and the stream comes back to it
+    while batches of the old claim are still detecting: those stay fenced (they carry the
+    old lease), so the resume point never jumps past frames the new claim has to publish."""
+    from fpnstream.core.reports import StreamState
+    from fpnstream.devtools.feed import StandInDetector
+    from fpnstream.devtools.synthetic import write_clip
+    from fpnstream.publish.keys import stream_key
+
+    clip = write_clip(tmp_path / "c.mp4", frames=60, width=64, height=48)
+    client = redis_proc.client()
+    sink = RedisStreamSink(client, "lz", maxlen=0, model_name="stand-in")
+    pipeline = Pipeline(InProcessBackend(StandInDetector(0.15), max_inflight=2), sink, MetricsObserver(Metrics()),
+                        BatchConfig(max_size=2, max_wait_ms=5), 16, keep_open=True)
+    spec = resolve_sources([SourceConfig(uri=str(clip), id="c")])[0]
+    sink.claim("c", owner="first", restart=True)
+    pipeline.add_source(VideoDecoder(spec, DecodeConfig(), lease="first"))
+    pipeline.start()
+    deadline = time.monotonic() + 30
+    while client.xlen(stream_key("lz", "c")) < 6:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    RedisStreamSink(client, "lz", maxlen=0, model_name="m").claim("c", owner="elsewhere")  # moved away
+    while pipeline.snapshot()["c"].state != StreamState.MOVED:  # the next publish was refused
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    start = sink.claim("c", owner="again")  # ... and back, before the old claim's batches drained
+    pipeline.add_source(VideoDecoder(spec, DecodeConfig(), start_index=start, lease="again"))
+    pipeline.seal()
+    report = pipeline.wait(threading.Event())
+    assert [decode_entry(f)["frame"] for _, f in client.xrange(stream_key("lz", "c"))] == list(range(60))
+    assert report.streams["c"].state == StreamState.FINISHED and report.streams["c"].published == 60 - start
