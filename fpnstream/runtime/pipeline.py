@@ -80,6 +80,7 @@ class Pipeline:
         # formed earlier would wait up to a whole pass with its frames ageing, where waiting
         # in the mux lets live streams skip to newer frames (the `behind` rule).
         self._detecting = threading.BoundedSemaphore(max(1, backend.max_inflight))
+        self._changing = threading.Lock()  # a stream is added or removed as one step
         self._fatal: BaseException | None = None
         self._fatal_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -93,29 +94,34 @@ class Pipeline:
         counted, tracked or written as this claim's."""
         spec = decoder.spec
         sid = spec.stream_id
-        self._ledger.open(sid, spec.live)
-        restored = False
-        if self._analytics is not None:
-            restored = self._analytics.open(sid, spec.tracking, spec.zones, spec.lines, saved_tracks, decoder.lease)
-        self._mux.add_stream(sid, self._queue_size, DropPolicy.DROP_OLDEST if spec.live else DropPolicy.BLOCK,
-                             decoder.lease)
-        self._sources.add(decoder)
+        with self._changing:
+            self._ledger.open(sid, spec.live)
+            restored = False
+            if self._analytics is not None:
+                restored = self._analytics.open(sid, spec.tracking, spec.zones, spec.lines, saved_tracks, decoder.lease)
+            self._mux.add_stream(sid, self._queue_size, DropPolicy.DROP_OLDEST if spec.live else DropPolicy.BLOCK,
+                                 decoder.lease)
+            self._sources.add(decoder)
         return restored
 
-    def remove_source(self, stream_id: str, state: StreamState = StreamState.STOPPED) -> None:
-        """Stop reading a stream; frames already queued are still detected and published."""
-        if not self._sources.stop(stream_id):
-            return
-        self._ledger.end(stream_id, state)
-        self._mux.close_stream(stream_id)
+    def remove_source(self, stream_id: str, state: StreamState = StreamState.STOPPED, lease: str | None = None) -> None:
+        """Stop reading a stream (only if it reads for `lease`, when given); frames already
+        queued are still detected and published."""
+        with self._changing:  # never half-way through while the stream is added again
+            if lease is not None and self._sources.lease_of(stream_id) != lease:
+                return
+            if not self._sources.stop(stream_id):
+                return
+            self._ledger.end(stream_id, state)
+            self._mux.close_stream(stream_id)
+        if state == StreamState.MOVED:
+            log.warning("stream %s moved to another worker; this one stops feeding it", stream_id)
 
     def _fenced(self, stream_id: str, lease: str) -> None:
         """Redis refused frames of `stream_id` decoded under `lease`: that claim is over. Stop
         reading only if it is the claim being read now; frames of an earlier claim of this
         worker (the stream went away and came back) are refused and the current one goes on."""
-        if self._sources.lease_of(stream_id) == lease:
-            log.warning("stream %s moved to another worker; this one stops feeding it", stream_id)
-            self.remove_source(stream_id, StreamState.MOVED)
+        self.remove_source(stream_id, StreamState.MOVED, lease)
 
     def stop_reading(self) -> None:
         for sid in self._sources.stream_ids():
