@@ -83,10 +83,12 @@ class Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), ())
 
     def to_json_list(self) -> list[dict]:
-        tids = [None] * len(self) if self.track_ids is None else [int(t) if t >= 0 else None for t in self.track_ids]
+        # tolist() converts in C, to the same Python floats and ints as float(v) / int(v) per element
+        tids = [None] * len(self) if self.track_ids is None else [t if t >= 0 else None for t in self.track_ids.tolist()]
         return [
-            {"box": [float(v) for v in box], "score": float(score), "label": int(label), "name": name, "track_id": tid}
-            for box, score, label, name, tid in zip(self.boxes, self.scores, self.labels, self.names, tids)
+            {"box": box, "score": score, "label": label, "name": name, "track_id": tid}
+            for box, score, label, name, tid in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist(),
+                                                    self.names, tids)
         ]
 
 

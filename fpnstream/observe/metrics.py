@@ -73,6 +73,11 @@ class MetricsObserver(PipelineObserver):
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
+        # Labelled children, looked up once: `labels()` takes a lock and builds a key on every
+        # call, and decode/publish hooks run per frame on the decoder and publisher threads.
+        self._stage: dict[str, Histogram] = {}
+        self._decoded: dict[str, Counter] = {}
+        self._published: dict[str, tuple[Counter, Histogram]] = {}
 
     def stream_added(self, stream_id: str, again: bool) -> None:
         self._m.source_reconnects.labels(stream_id).inc(1 if again else 0)  # 0: the series exists
@@ -84,13 +89,19 @@ class MetricsObserver(PipelineObserver):
         self._m.source_reconnects.labels(stream_id).inc()
 
     def decoded(self, stream_id: str, n: int) -> None:
-        self._m.frames_decoded.labels(stream_id).inc(n)
+        counter = self._decoded.get(stream_id)
+        if counter is None:
+            counter = self._decoded[stream_id] = self._m.frames_decoded.labels(stream_id)
+        counter.inc(n)
 
     def dropped(self, stream_id: str, reason: str, n: int) -> None:
         self._m.frames_dropped.labels(stream_id, reason).inc(n)
 
     def stage(self, name: str, seconds: float) -> None:
-        self._m.stage_seconds.labels(name).observe(seconds)
+        hist = self._stage.get(name)
+        if hist is None:
+            hist = self._stage[name] = self._m.stage_seconds.labels(name)
+        hist.observe(seconds)
 
     def batch_formed(self, frames) -> None:
         self._m.batch_size.observe(len(frames))
@@ -100,9 +111,13 @@ class MetricsObserver(PipelineObserver):
         for meta, dets, latency in zip(result.metas, result.detections, latencies):
             if meta.stream_id in skipped:
                 continue
-            self._m.frames_published.labels(meta.stream_id).inc()
+            series = self._published.get(meta.stream_id)
+            if series is None:
+                series = self._published[meta.stream_id] = (self._m.frames_published.labels(meta.stream_id),
+                                                             self._m.end_to_end_seconds.labels(meta.stream_id))
+            series[0].inc()
+            series[1].observe(latency)
             per_class.update((meta.stream_id, name) for name in dets.names)
-            self._m.end_to_end_seconds.labels(meta.stream_id).observe(latency)
         for (sid, name), n in per_class.items():
             self._m.detections.labels(sid, name).inc(n)
         if result.analytics:

@@ -179,6 +179,7 @@ class VideoDecoder:
         stream = container.streams.video[0]
         sampler = FrameSampler(self.spec.fps)
         rate = float(stream.average_rate) if stream.average_rate else None
+        timed = bool(stream.time_base)  # a frame's time_base is its stream's
         last_pts: float | None = None
         corrupt = 0
         last_frame_at = time.monotonic()
@@ -203,7 +204,7 @@ class VideoDecoder:
                     if index < self.start_index:
                         continue
                     self.frames_decoded += 1
-                    pts = float(av_frame.pts * av_frame.time_base) if av_frame.pts is not None and av_frame.time_base else None
+                    pts = av_frame.time if timed else None  # seconds, computed in C (no Fraction per frame)
                     t = pts if pts is not None else (index / rate if rate else float(index))
                     last_pts = pts if pts is not None else last_pts
                     if not sampler.keep(t):

@@ -45,6 +45,39 @@ def test_every_entry_round_trips(dets, stream, index, pts, ts, size):
         assert d["label"] == int(label) and d["name"] == name
 
 
+def _stdlib_detections_json(dets: Detections) -> str:
+    """What the entry's `detections` field was before orjson: the stdlib's compact json.dumps."""
+    tids = dets.track_ids if dets.track_ids is not None else [None] * len(dets)
+    return json.dumps([{"box": [float(v) for v in b], "score": float(s), "label": int(lab), "name": n,
+                        "track_id": None if t is None or t < 0 else int(t)}
+                       for b, s, lab, n, t in zip(dets.boxes, dets.scores, dets.labels, dets.names, tids)],
+                      separators=(",", ":"))
+
+
+@settings(max_examples=150, deadline=None)
+@given(dets=detections(), tracked=st.booleans())
+def test_detections_field_holds_the_values_the_stdlib_json_wrote(dets, tracked):
+    """The fast encoder (orjson) must not change the schema: the same JSON values for any
+    boxes, scores, labels, names (unicode included) and track ids."""
+    if tracked:
+        dets = Detections(dets.boxes, dets.scores, dets.labels, dets.names, np.arange(len(dets), dtype=np.int64) - 1)
+    fast = encode_entry(FrameMeta("s", 0, None, 1e9, 8, 8), dets, "m", 1e9)["detections"]
+    assert json.loads(fast) == json.loads(_stdlib_detections_json(dets))
+
+
+def test_detections_field_is_byte_for_byte_what_the_stdlib_json_wrote():
+    """For what a detector gives (pixel boxes, scores in [0, 1], ASCII class names) even the
+    bytes are the same: a reader comparing strings sees no change."""
+    rng = np.random.default_rng(7)
+    xy = rng.uniform(0, 1900, (40, 2)).astype(np.float32)
+    dets = Detections(np.hstack([xy, xy + rng.uniform(1, 300, (40, 2)).astype(np.float32)]),
+                      rng.uniform(0.05, 1, 40).astype(np.float32), rng.integers(1, 91, 40),
+                      tuple(rng.choice(["person", "car", "traffic light", "N/A"], 40)),
+                      rng.integers(-1, 50, 40))
+    fast = encode_entry(FrameMeta("s", 0, None, 1e9, 8, 8), dets, "m", 1e9)["detections"]
+    assert fast == _stdlib_detections_json(dets)
+
+
 def test_unknown_version_and_missing_fields_rejected():
     meta = FrameMeta("s", 0, 0.0, 1.7e9, 2, 2)
     raw = encode_entry(meta, Detections.empty(), "m", 1.7e9)
