@@ -68,14 +68,22 @@ class FrameMux:
         self._clock = clock
         self._rr = 0
         self._shutdown = False
+        self._queued = 0  # frames in all queues
+        # Frames the waiting batcher needs before it can do anything (0: it is not waiting):
+        # a put wakes it only then, not on every frame (a wake-up costs a thread switch and a
+        # scan of every queue, per frame, on the host's busiest lock).
+        self._need = 0
 
     def add_stream(self, stream_id: str, capacity: int, policy: DropPolicy, lease: str = "") -> None:
         """`lease`: the claim whose frames the queue takes; frames of another (an earlier
         claim of the stream on this worker) are refused. A closed queue of that earlier
         claim is replaced: its frames would be fenced off at publish anyway."""
         with self._cond:
-            if stream_id in self._queues and not self._queues[stream_id].closed:
+            old = self._queues.get(stream_id)
+            if old is not None and not old.closed:
                 raise ValueError(f"stream {stream_id!r} is already open")
+            if old is not None:
+                self._queued -= len(old.items)
             self._queues[stream_id] = _StreamQueue(capacity, policy, threading.Condition(self._lock), lease)
 
     def put(self, frame: Frame) -> bool:
@@ -91,9 +99,12 @@ class FrameMux:
                     return False
             elif len(q.items) >= q.capacity:
                 q.items.popleft()
+                self._queued -= 1
                 self._on_drop(frame.stream_id, "queue_full", 1)
             q.items.append((frame, self._clock()))
-            self._cond.notify()
+            self._queued += 1
+            if self._need and self._queued >= self._need:
+                self._cond.notify()
             return True
 
     def close_stream(self, stream_id: str) -> None:
@@ -136,7 +147,7 @@ class FrameMux:
         return not self._keep_open and all(q.closed for q in self._queues.values())
 
     def _has_frames(self) -> bool:
-        return any(q.items for q in self._queues.values())
+        return self._queued > 0
 
     def _skip_stale(self) -> None:
         if self._stale_after_s is None:
@@ -147,6 +158,7 @@ class FrameMux:
             if q.policy is DropPolicy.DROP_OLDEST:
                 while q.items and q.items[0][0].capture_ts < cutoff:
                     q.items.popleft()
+                    self._queued -= 1
                     self._on_drop(sid, "stale", 1)
 
     def _skip_behind(self, limit: int) -> None:
@@ -164,6 +176,7 @@ class FrameMux:
                 excess = len(q.items) - share
                 for _ in range(excess):
                     q.items.popleft()
+                self._queued -= excess
                 self._on_drop(sid, "behind", excess)
 
     def _take_round_robin(self, out: list[tuple[Frame, float]], limit: int) -> None:
@@ -176,6 +189,7 @@ class FrameMux:
                 q = self._queues[ids[(self._rr + k) % len(ids)]]
                 if q.items:
                     out.append(q.items.popleft())
+                    self._queued -= 1
                     if len(out) >= limit:
                         break
             self._rr = (self._rr + 1) % max(len(ids), 1)
@@ -198,7 +212,7 @@ class FrameMux:
                 remaining = None if idle_deadline is None else idle_deadline - self._clock()
                 if remaining is not None and remaining <= 0:
                     return Batch([], [])
-                self._cond.wait(remaining)
+                self._wait(1, remaining)
             deadline = self._clock() + max_wait_s
             while True:
                 self._take_round_robin(taken, max_size)
@@ -208,6 +222,14 @@ class FrameMux:
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     break
-                self._cond.wait(remaining)
+                self._wait(max_size - len(taken), remaining)
             now = self._clock()
         return Batch([f for f, _ in taken], [now - t for _, t in taken])
+
+    def _wait(self, need: int, timeout: float | None) -> None:
+        """Sleep until `need` frames are queued, a stream closes, or `timeout` (lock held)."""
+        self._need = need
+        try:
+            self._cond.wait(timeout)
+        finally:
+            self._need = 0

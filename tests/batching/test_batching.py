@@ -171,3 +171,49 @@ def test_live_stream_that_keeps_up_skips_nothing():
     mux.put(frame("cam", 4))
     assert [f.index for f in mux.take_batch(max_size=4, max_wait_s=0).frames] == [3, 4]
     assert drops == []
+
+
+def test_batcher_sleeps_until_a_full_batch_is_queued_then_takes_it_at_once():
+    """A put wakes the waiting batcher only once it can fill its batch: the batch still
+    closes at max_size as soon as the last frame is queued, well before the deadline."""
+    mux = FrameMux()
+    mux.add_stream("a", 16, DropPolicy.BLOCK)
+    mux.put(frame("a", 0))
+    got = []
+    taker = threading.Thread(target=lambda: got.append(mux.take_batch(max_size=4, max_wait_s=10)))
+    t0 = time.monotonic()
+    taker.start()
+    for i in range(1, 4):
+        time.sleep(0.05)
+        mux.put(frame("a", i))
+    taker.join(5)
+    assert not taker.is_alive() and [f.index for f in got[0].frames] == [0, 1, 2, 3]
+    assert time.monotonic() - t0 < 2.0
+
+
+@pytest.mark.parametrize("reason", ["queue_full", "stale", "behind"])
+def test_every_kind_of_drop_leaves_the_mux_able_to_tell_it_is_drained(reason):
+    """Frames thrown away (queue full, stale, behind) are no longer queued: once the rest is
+    taken and the stream closed, the mux reports the end instead of waiting for frames that
+    are not there."""
+    drops = []
+    mux = FrameMux(on_drop=lambda s, r, n: drops.append((r, n)), stale_after_s=1.0 if reason == "stale" else None)
+    mux.add_stream("cam", 2 if reason == "queue_full" else 16, DropPolicy.DROP_OLDEST)
+    for i in range(6):
+        f = frame("cam", i)
+        if reason == "stale" and i < 4:
+            f = Frame(f.image, "cam", i, f.pts, time.time() - 60)
+        mux.put(f)
+    mux.close_stream("cam")
+    taken, batches = [], []
+
+    def drain() -> None:
+        while (batch := mux.take_batch(max_size=2, max_wait_s=0.05, idle_timeout_s=2)) is not None:
+            batches.append(batch)
+            taken.extend(f.index for f in batch.frames)
+
+    reader = threading.Thread(target=drain, daemon=True)  # a miscount spins forever: fail, don't hang
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive(), f"the mux still believes frames are queued after taking {taken}"
+    assert all(b.frames for b in batches) and taken == [4, 5] and sum(n for r, n in drops if r == reason) == 4
