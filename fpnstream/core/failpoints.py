@@ -5,7 +5,7 @@ is read once, by the process entry points, never inside the pipeline.
     FPNSTREAM_FAILPOINTS="detector.hang:after=20:once=/tmp/x/hung"
 
 `detector.hang`: the N+1-th batch never returns (the lane sleeps forever, the process keeps
-answering). `once=PATH`: fire in one process only, the first to create PATH (so the worker
+answering). `detector.crash`: the N+1-th batch raises, as a bug or an out-of-memory would. `once=PATH`: fire in one process only, the first to create PATH (so the worker
 Ray restarts does not hang again).
 """
 
@@ -50,6 +50,10 @@ class Failpoints:
             except FileExistsError:
                 return False
         return True
+
+    def raise_if(self, name: str) -> None:
+        if self.fires(name):
+            raise RuntimeError(f"failpoint {name} fired")
 
     def hang_if(self, name: str) -> None:
         if self.fires(name):

@@ -90,6 +90,9 @@ class WorkerStatus:
     streams: dict[str, StreamReport] = field(default_factory=dict)
     progress: DetectorProgress = DetectorProgress(0.0, 0.0)
     metrics: str = ""  # the worker's Prometheus exposition text
+    # Why its pipeline stopped ("" while it runs): an internal error (a detector exception,
+    # a bug) ends a worker's pipeline; the coordinator then restarts it and moves its streams.
+    failure: str = ""
 
 
 @dataclass(frozen=True)

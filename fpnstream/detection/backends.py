@@ -71,6 +71,7 @@ class InProcessBackend:
             self._running[key] = t0
         try:
             self._failpoints.hang_if("detector.hang")
+            self._failpoints.raise_if("detector.crash")
             result = self._detector.detect(frames)
         finally:
             with self._progress_lock:

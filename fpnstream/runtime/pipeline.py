@@ -20,6 +20,7 @@ from fpnstream.batching.mux import Batch, DropPolicy, FrameMux
 from fpnstream.config.settings import BatchConfig
 from fpnstream.core.backoff import Backoff
 from fpnstream.core.observer import PipelineObserver
+from fpnstream.core.redact import redact_text
 from fpnstream.core.reports import RunReport, StreamReport, StreamState
 from fpnstream.publish.sink import RedisStreamSink
 from fpnstream.publish.spool import PublishBuffer
@@ -199,6 +200,12 @@ class Pipeline:
         for t in self._threads:
             t.start()
         self._sources.start()
+
+    @property
+    def failure(self) -> str:
+        """The error that stopped the pipeline ("" if none), one line, secrets redacted."""
+        e = self._fatal
+        return "" if e is None else redact_text(f"{type(e).__name__}: {e}".splitlines()[0])
 
     @property
     def done(self) -> bool:

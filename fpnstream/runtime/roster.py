@@ -90,6 +90,9 @@ class WorkerRoster:
                 self._reload(w)
             else:
                 w.misses, w.batch_s = 0, st.progress.batch_s
+                if st.failure:
+                    self._failed(w, st)
+                    continue
                 if self._hang.is_hung(st.progress):
                     self._hung(w, st)
                     continue
@@ -108,6 +111,14 @@ class WorkerRoster:
             log.warning("worker %d is hung: a batch has run for %.0f s (recent batches %.2f s, limit %.0f s); "
                         "moving its streams and restarting it", w.index, p.running_s, p.batch_s, self._hang.budget_s(p))
         w.healthy, w.down_reason = False, "hung"
+        self._pool.restart(w.index)
+
+    def _failed(self, w: WorkerState, st: WorkerStatus) -> None:
+        """It answers, but its pipeline stopped on an error: nothing it holds will be
+        published. Its streams move and it starts afresh, as a hung one does."""
+        if w.healthy:
+            log.error("worker %d stopped working (%s); moving its streams and restarting it", w.index, st.failure)
+        w.healthy, w.down_reason = False, "failed"
         self._pool.restart(w.index)
 
     def _reload(self, w: WorkerState) -> None:

@@ -77,7 +77,7 @@ class StreamWorker:
             return WorkerStatus(self.incarnation, loaded=False)
         self._pipeline.update_gauges()  # workers have no wait() loop; the status poll is the tick
         return WorkerStatus(self.incarnation, True, self._pipeline.snapshot(), self._backend.progress(),
-                            generate_latest(self._metrics.registry).decode())
+                            generate_latest(self._metrics.registry).decode(), self._pipeline.failure)
 
     def drain(self, grace_s: float) -> WorkerStatus:
         """Stop reading, finish what was decoded (up to `grace_s`), return the final status."""

@@ -177,3 +177,32 @@ def test_hung_detector_is_detected_moved_and_restarted(tmp_path, clip, redis_pro
     frames = [e["frame"] for e in entries(client, "hang:detections:{f}")]
     record("detector hang (failpoint)", **exactly_once(frames, 240), longest_pause_s=longest_pause_s(client, "hang:detections:{f}"))
     assert frames == list(range(240))
+
+
+def test_detector_exception_restarts_the_worker_and_loses_nothing(tmp_path, clip, redis_proc, small_checkpoint):
+    """A batch that raises (a bug, an out-of-memory) stops that worker's pipeline. The worker
+    still answers polls, so neither death nor hang is seen: its status says why it stopped,
+    and the coordinator restarts it and moves its stream. Before, the job waited forever."""
+    marker = tmp_path / "crashed-once"
+    client = redis_proc.client()
+    proc = start_run("--config", str(_fast_polls(tmp_path)), "--source", f"f={clip}", *FAST, "--weights",
+                     str(small_checkpoint), "--redis-url", redis_proc.url, "--redis-prefix", "crash", "--metrics-port", "0",
+                     env={"FPNSTREAM_FAILPOINTS": f"detector.crash:after=10:once={marker}"})
+    try:
+        _, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert marker.exists(), "the failpoint fired"
+    assert "worker 0 stopped working (RuntimeError: failpoint detector.crash fired)" in err and "restarting it" in err
+    assert client.hget("crash:status:{f}", "last_move") == b"worker 0 failed"
+    frames = [e["frame"] for e in entries(client, "crash:detections:{f}")]
+    record("detector exception (failpoint)", **exactly_once(frames, 240),
+           longest_pause_s=longest_pause_s(client, "crash:detections:{f}"))
+    assert frames == list(range(240))
+
+
+def _fast_polls(tmp_path):
+    cfg = tmp_path / "fast-polls.yaml"
+    cfg.write_text("ray:\n  poll_interval_s: 1\n")
+    return cfg

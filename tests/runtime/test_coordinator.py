@@ -65,3 +65,18 @@ def test_hung_local_worker_is_replaced_and_its_stream_resumes(tmp_path, redis_pr
     assert client.hget("lh:status:{h}", "last_move") == b"worker 0 hung"
     assert metrics.worker_hangs._value.get() == 1
     assert report.streams["h"].state == "finished"
+
+
+def test_local_worker_whose_detector_raised_is_replaced_and_its_stream_resumes(tmp_path, redis_proc, small_checkpoint,
+                                                                            monkeypatch):
+    """The same rule for a pipeline stopped by an error (a batch raised): the worker answers
+    polls, says why it stopped, and is replaced; nothing lost or written twice."""
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv("FPNSTREAM_FAILPOINTS", f"detector.crash:after=5:once={marker}")
+    clip = write_clip(tmp_path / "c.mp4", frames=60, width=96, height=64, seed=9)
+    client = redis_proc.client()
+    report, _ = run(config(redis_proc.url, small_checkpoint, [clip], "lc"), client, size=1)
+    assert marker.exists(), "the failpoint fired"
+    assert frames(client, "lc", "c") == list(range(60))
+    assert client.hget("lc:status:{c}", "last_move") == b"worker 0 failed"
+    assert report.streams["c"].state == "finished"
