@@ -170,20 +170,6 @@ class RedisStreamSink:
             self._client.script_load(script)  # on a cluster: loaded on every primary
             return self._client.evalsha(sha, len(keys), *keys, *args)
 
-    def _run_publish(self, calls: list[tuple[list[str], list, list[str]]]) -> list[list]:
-        """The publish script once per call. Several calls (a cluster batch spanning hash
-        slots) go out in one cluster pipeline: each shard gets its calls in one round trip,
-        all shards at once, instead of one round trip per slot after another. A cluster
-        pipeline refuses EVALSHA, so there the script travels as EVAL (the server finds it
-        in its cache by the body's SHA1)."""
-        if len(calls) == 1:
-            keys, args, _ = calls[0]
-            return [self._evalsha(_PUBLISH, keys, args)]
-        pipe = self._client.pipeline(transaction=False)
-        for keys, args, _ in calls:
-            pipe.execute_command("EVAL", _PUBLISH, len(keys), *keys, *args)  # ClusterPipeline hides .eval()
-        return pipe.execute()
-
     def publish(self, result: BatchResult) -> PublishResult:
         """Write the batch in one round trip.
 
@@ -226,8 +212,8 @@ class RedisStreamSink:
         try:
             # A failure part-way through a cluster's calls leaves some streams written: the
             # retry skips their frames (at or below last_frame), so nothing is duplicated.
-            for (_, _, order), replies in zip(calls.values(), self._run_publish(list(calls.values()))):
-                for sid, n in zip(order, replies):
+            for keys, args, order in calls.values():
+                for sid, n in zip(order, self._evalsha(_PUBLISH, keys, args)):
                     if n == -1:
                         fenced.add(sid)
                     else:
