@@ -147,25 +147,13 @@ class Pipeline:
 
     # -- the two loops -----------------------------------------------------------------------
     def _put_inflight(self, item: object) -> bool:
-        while self._fatal is None:
-            try:
-                self._inflight.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _detector_slot(self) -> bool:
-        while self._fatal is None:
-            if self._detecting.acquire(timeout=0.2):
-                return True
-        return False
+        return _retry(lambda: self._fatal is not None, lambda: _put(self._inflight, item, 0.2))
 
     def _batch_loop(self) -> None:
         max_wait = self._batch.max_wait_ms / 1000.0
         admit = self._freshness.admit if self._freshness else None
         try:
-            while self._detector_slot():
+            while _retry(lambda: self._fatal is not None, lambda: self._detecting.acquire(timeout=0.2)):
                 batch: Batch | None = self._mux.take_batch(self._batch.max_size, max_wait, idle_timeout_s=0.5)
                 if batch is None or not batch.frames:
                     self._detecting.release()
@@ -203,7 +191,7 @@ class Pipeline:
 
     @property
     def failure(self) -> str:
-        """The error that stopped the pipeline ("" if none), one line, secrets redacted."""
+        """What stopped the pipeline ("" if nothing did): one line, secrets redacted."""
         e = self._fatal
         return "" if e is None else redact_text(f"{type(e).__name__}: {e}".splitlines()[0])
 
@@ -242,3 +230,20 @@ class Pipeline:
 
     def update_gauges(self) -> None:
         self._observer.gauges(self._mux.depths(), self._ledger.stream_ids(), self._inflight.qsize(), self._ledger.backlog())
+
+
+def _retry(failed: Callable[[], bool], attempt: Callable[[], bool]) -> bool:
+    """Repeat `attempt` (a wait of at most a fraction of a second) until it succeeds; False
+    once `failed()`: a loop blocked on a full queue or a busy detector notices a fatal error."""
+    while not failed():
+        if attempt():
+            return True
+    return False
+
+
+def _put(q: queue.Queue, item: object, timeout: float) -> bool:
+    try:
+        q.put(item, timeout=timeout)
+        return True
+    except queue.Full:
+        return False
