@@ -27,8 +27,10 @@ run: setup
 sysdeps:
 	bash scripts/system-deps.sh
 
+# Two test processes: most tests wait on Ray start-up, sockets and paced video, not the CPU
+# (one process kept 2 cores ~27 % busy); worksteal evens out the long fault tests.
 test: setup sysdeps
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal tests
 
 clean:
 	rm -rf $(VENV) .fpnstream data
