@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--feed", action="store_true",
                        help="measure the host side instead: the pipeline with a zero-cost stand-in detector vs. "
                             "PyAV decoding alone (no model)")
+    bench.add_argument("--rounds", type=int, default=3, help="--feed: interleaved rounds (medians reported)")
     bench.add_argument("--load", type=float, default=0.5,
                        help="also measure latency with the clips paced at this share of the in-process throughput (0: skip)")
     bench.add_argument("--load-seconds", type=float, default=20.0, help="length of the paced run")

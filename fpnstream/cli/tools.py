@@ -48,6 +48,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     w, h = _parse_size(a.size)
     if min(a.clips, a.frames, a.batch_size, w, h) < 1:
         raise ConfigError("bench: clips, frames, batch size and size must be positive")
+    if a.rounds < 1:
+        raise ConfigError("bench: --rounds must be at least 1")
     if not 0 <= a.load <= 1 or a.load_seconds <= 0:
         raise ConfigError("bench: --load must be within 0..1 and --load-seconds > 0")
     setup_logging("WARNING")
@@ -55,7 +57,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         from fpnstream.devtools.feed import feed_bench, feed_markdown
 
         with progress_bar("feed bench") as on_step:
-            doc = feed_bench(a.clips, a.frames, w, h, a.batch_size, Path(a.out), on_step=on_step)
+            doc = feed_bench(a.clips, a.frames, w, h, a.batch_size, Path(a.out), rounds=a.rounds, on_step=on_step)
         print(feed_markdown(doc))
         return 0
     from fpnstream.devtools.bench import FastMode

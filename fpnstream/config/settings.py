@@ -45,6 +45,10 @@ class DecodeConfig(_Strict):
     stall_timeout_s: float = Field(default=10.0, gt=0, le=600, description="live: no frame for this long = reconnect")
     reconnect_base_s: float = Field(default=0.5, gt=0, le=600)
     reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
+    convert_threads: int = Field(
+        default=1, ge=0, le=64,
+        description="threads of each stream's YUV->RGB conversion; 0: FFmpeg picks (one per core, per stream)",
+    )
 
 
 class BatchConfig(_Strict):

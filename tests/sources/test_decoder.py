@@ -32,6 +32,23 @@ def test_every_frame_with_pts_matches_pyav(clips, name):
     assert d.warning is None, d.warning
 
 
+def test_size_change_mid_stream_converts_every_frame_like_pyav(tmp_path):
+    """The decoder keeps one RGB converter per stream; a camera that switches resolution
+    mid-stream (two H.264 MPEG-TS segments of different sizes, back to back) must still give
+    exactly PyAV's pixels for every frame, at each frame's own size."""
+    from fpnstream.devtools.synthetic import write_clip
+
+    a = write_clip(tmp_path / "a.ts", frames=12, width=160, height=96, seed=1)
+    b = write_clip(tmp_path / "b.ts", frames=12, width=96, height=160, seed=2)
+    both = tmp_path / "both.ts"
+    both.write_bytes(a.read_bytes() + b.read_bytes())
+    with av.open(str(both)) as c:
+        ref = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    images = [f.image for f in decoder(both, convert_threads=2).frames()]
+    assert {r.shape for r in ref} == {(96, 160, 3), (160, 96, 3)} and len(images) == len(ref) == 24
+    assert all(np.array_equal(x, r) for x, r in zip(images, ref))
+
+
 def test_odd_size_kept(clips):
     f = next(iter(decoder(clips["odd_size"]).frames()))
     assert (f.width, f.height) == (161, 121)
