@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"],
                      help="fp32 (default, exact); fp16/bf16 on CUDA; int8 box head on CPU (see `fpnstream bench`)")
     run.add_argument("--compile", action="store_true", default=None,
-                     help="torch.compile the backbone and RPN head (warm up sizes with model.warmup_sizes)")
+                     help="torch.compile the dense layers (backbone, RPN head; on CUDA also the box head, with "
+                          "CUDA graphs); warm up sizes with model.warmup_sizes")
     run.add_argument("--track", action="store_true", default=None,
                      help="track objects in every stream (track_id in detections; see `tracking:` in the config)")
     run.add_argument("--batch-size", type=int)

@@ -91,7 +91,8 @@ class ModelConfig(_Strict):
                                     "(check accuracy with `fpnstream bench`)")
     channels_last: bool = Field(default=False, description="NHWC memory layout for the backbone")
     compile: bool = Field(default=False, description="torch.compile the backbone and RPN head (static shape per "
-                                                      "frame size; reduce-overhead/CUDA graphs on CUDA)")
+                                                      "frame size); on CUDA also the box head and predictor (rows "
+                                                      "padded to a bucket), with reduce-overhead/CUDA graphs")
     backbone_runtime: Literal["torch", "openvino"] = Field(
         default="torch", description="CPU: run the backbone+FPN with OpenVINO (pip install openvino), fp32")
     warmup_sizes: tuple[str, ...] = Field(

@@ -103,14 +103,47 @@ def quantize_box_head(model: torch.nn.Module) -> None:
 
 
 def compile_dense(model: torch.nn.Module, device_type: str) -> None:
-    """Compile the backbone+FPN and the RPN head, the parts whose input shape is fixed per
-    frame size (a stream never changes size), so each size compiles once and is cached.
-    The box head is left eager: its row count is the number of proposals that survive NMS,
-    which changes from frame to frame, and its two Linear layers are already one GEMM each.
-    On CUDA, `reduce-overhead` replays CUDA graphs: one launch per pass instead of hundreds."""
+    """Compile the dense parts with static shapes, each shape compiled once and cached:
+    the backbone+FPN and the RPN head see one shape per frame size (a stream never changes
+    size). On CUDA, `reduce-overhead` replays CUDA graphs (one launch per pass instead of
+    hundreds), which needs fixed shapes everywhere, so there the box head and predictor are
+    compiled too, on their rows padded to a bucket (`PaddedRows`: the proposals that
+    survive the RPN's NMS vary per frame). On a CPU the heads stay eager: their time is
+    one GEMM each, which compiling did not shorten (measured, benchmarks/RESULTS.md)."""
     mode = "reduce-overhead" if device_type == "cuda" else None
     model.backbone = torch.compile(model.backbone, dynamic=False, mode=mode)
     model.rpn.head = torch.compile(model.rpn.head, dynamic=False, mode=mode)
+    if device_type == "cuda":
+        heads, step = model.roi_heads, model.rpn.post_nms_top_n()
+        heads.box_head = PaddedRows(torch.compile(heads.box_head, dynamic=False, mode=mode), step)
+        heads.box_predictor = PaddedRows(torch.compile(heads.box_predictor, dynamic=False, mode=mode), step)
+
+
+class PaddedRows(torch.nn.Module):
+    """Runs a module whose rows are independent (the box head and predictor in eval mode:
+    Linear, ReLU, per-RoI convolutions, frozen batch norm) on its rows padded with zeros up
+    to a bucket, and cuts the padding off its outputs, so a static-shape compiled graph
+    serves every frame. A batch of n images has at most n * `step` proposals (`step`: the
+    RPN's post-NMS top-n) and usually exactly that many; the bucket is k * step for
+    k = ceil(rows / step), with k rounded up to a power of two above 4, so a pipeline's
+    batch sizes up to 16 need at most 6 compiled shapes (dynamo's limit per module is 8)."""
+
+    def __init__(self, inner: torch.nn.Module, step: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.step = max(1, step)
+
+    def bucket(self, rows: int) -> int:
+        k = max(1, -(-rows // self.step))
+        return self.step * (k if k <= 4 else 1 << (k - 1).bit_length())
+
+    def forward(self, x: torch.Tensor) -> Any:
+        rows = x.shape[0]
+        padded = self.bucket(rows)
+        if padded != rows:
+            x = torch.cat([x, x.new_zeros((padded - rows, *x.shape[1:]))])
+        out = self.inner(x)
+        return tuple(o[:rows] for o in out) if isinstance(out, tuple) else out[:rows]
 
 
 def warm_up(detector, sizes: Sequence[tuple[int, int]], batch_sizes: Sequence[int] = (1,)) -> float:

@@ -8,6 +8,7 @@ import torch
 
 from fpnstream.core.errors import ConfigError
 from fpnstream.config.settings import build_config
+from fpnstream.detection.acceleration import PaddedRows
 from fpnstream.detection.accuracy import match_rate
 from fpnstream.detection.model import Detector
 from fpnstream.devtools.synthetic import synthetic_frame
@@ -44,13 +45,54 @@ def test_compiled_backbone_is_warmed_up_at_load_and_keeps_every_detection(firing
     # One warmed-up shape (batch 1 at 160x120) keeps the cold inductor compile to one graph
     # set; every batch size the pipeline forms (1 and batch.max_size) is warmed the same way.
     det = Detector.from_config(parity_cfg(firing_checkpoint, compile=True, warmup_sizes=["160x120"]), max_batch=1)
+    heads = det.model.roi_heads
     assert hasattr(det.model.backbone, "_orig_mod") and hasattr(det.model.rpn.head, "_orig_mod")
+    # on a CPU the heads stay eager (one GEMM each; compiling them did not pay, measured)
+    assert not any(isinstance(m, PaddedRows) for m in (heads.box_head, heads.box_predictor))
     graphs = counters["stats"]["unique_graphs"]
     assert graphs > 0, "the warm-up compiled"
     detections = [det.detect(frames_of([image])).detections[0] for image in IMAGES]  # the warmed-up shape
     assert counters["stats"]["unique_graphs"] == graphs, "a warmed-up size and batch must not compile again"
     report = match_rate(fp32, detections, min_score=0.5)
     assert report.passed, report
+
+
+def test_padded_rows_runs_a_bucket_of_rows_and_returns_each_row_unchanged():
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5), torch.nn.ReLU()).eval()
+    seen = []
+
+    class TwoOutputs(torch.nn.Module):  # shaped like the predictor: (scores, deltas)
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return head(x), 2 * head(x)
+
+    padded = PaddedRows(TwoOutputs(), step=3)
+    for rows in (0, 1, 3, 4, 12, 13, 17):
+        x = torch.randn(rows, 3, 2, 2)
+        scores, deltas = padded(x)
+        torch.testing.assert_close(scores, head(x))
+        torch.testing.assert_close(deltas, 2 * head(x))
+    # k = ceil(rows / 3) proposals' worth, rounded up to a power of two above 4
+    assert seen == [3, 3, 3, 6, 12, 24, 24]
+
+
+def test_padded_rows_give_a_static_shape_graph_one_per_bucket():
+    """What CUDA graphs need (compile on CUDA wraps the heads so): varying row counts within
+    a bucket reuse one traced graph. Dynamo's eager backend: the same guards, no codegen."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    head = torch.nn.Linear(8, 4).eval()
+    padded = PaddedRows(torch.compile(head, backend="eager", dynamic=False), step=150)
+    before = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        for rows in (150, 149, 97, 1, 150):
+            x = torch.randn(rows, 8)
+            torch.testing.assert_close(padded(x), head(x))
+        assert counters["stats"]["unique_graphs"] == before + 1
+        padded(torch.randn(151, 8))  # two images' worth: the next bucket
+    assert counters["stats"]["unique_graphs"] == before + 2
 
 
 def test_openvino_backbone_keeps_every_detection(firing_checkpoint, fp32):
@@ -66,3 +108,23 @@ def test_bad_warmup_size_is_one_line():
     with pytest.raises(ConfigError) as e:
         build_config({"model": {"warmup_sizes": ["1280by720"]}})
     assert "1280by720" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.gpu
+def test_compiled_on_cuda_covers_the_heads_warms_up_once_and_keeps_every_detection(firing_checkpoint):
+    """On CUDA compile means CUDA graphs (`reduce-overhead`), so every dense part has a
+    static shape: the heads run on padded rows, and after the warm-up no frame compiles."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from torch._dynamo.utils import counters
+
+    fp32 = Detector.from_config(parity_cfg(firing_checkpoint, device="cuda")).detect(frames_of(IMAGES)).detections
+    det = Detector.from_config(parity_cfg(firing_checkpoint, device="cuda", compile=True, warmup_sizes=["160x120"]),
+                               max_batch=1)
+    heads = det.model.roi_heads
+    assert all(isinstance(m, PaddedRows) and hasattr(m.inner, "_orig_mod") for m in (heads.box_head, heads.box_predictor))
+    graphs = counters["stats"]["unique_graphs"]
+    detections = [det.detect(frames_of([image])).detections[0] for image in IMAGES]
+    assert counters["stats"]["unique_graphs"] == graphs, "a warmed-up size and batch must not compile again"
+    report = match_rate(fp32, detections, min_score=0.5)
+    assert report.passed, report
