@@ -103,30 +103,56 @@ def quantize_box_head(model: torch.nn.Module) -> None:
 
 
 def compile_dense(model: torch.nn.Module, device_type: str) -> None:
-    """Compile the dense parts with static shapes, each shape compiled once and cached:
-    the backbone+FPN and the RPN head see one shape per frame size (a stream never changes
-    size). On CUDA, `reduce-overhead` replays CUDA graphs (one launch per pass instead of
-    hundreds), which needs fixed shapes everywhere, so there the box head and predictor are
-    compiled too, on their rows padded to a bucket (`PaddedRows`: the proposals that
-    survive the RPN's NMS vary per frame). On a CPU the heads stay eager: their time is
-    one GEMM each, which compiling did not shorten (measured, benchmarks/RESULTS.md)."""
+    """Compile the dense parts with static frame sizes, each compiled once and cached: the
+    backbone+FPN and the RPN head see one height and width per frame size (a stream never
+    changes size). The batch dimension is marked dynamic above 1 (`DynamicBatch`), so a
+    size needs two graphs, batch 1 and any larger batch, both compiled by the warm-up: a
+    deadline-closed batch of an unwarmed size would otherwise compile mid-run, for longer
+    than the hang watchdog allows a batch on a CPU. On CUDA, `reduce-overhead` replays
+    CUDA graphs (one launch per pass instead of hundreds), recorded per concrete shape, so
+    there the box head and predictor are compiled too, on rows padded to a bucket
+    (`PaddedRows`: the proposals that survive the RPN's NMS vary per frame). On a CPU the
+    heads stay eager: their time is one GEMM each, which compiling did not shorten
+    (measured, benchmarks/RESULTS.md)."""
     mode = "reduce-overhead" if device_type == "cuda" else None
-    model.backbone = torch.compile(model.backbone, dynamic=False, mode=mode)
-    model.rpn.head = torch.compile(model.rpn.head, dynamic=False, mode=mode)
+    model.backbone = DynamicBatch(torch.compile(model.backbone, dynamic=False, mode=mode))
+    model.rpn.head = DynamicBatch(torch.compile(model.rpn.head, dynamic=False, mode=mode))
     if device_type == "cuda":
         heads, step = model.roi_heads, model.rpn.post_nms_top_n()
         heads.box_head = PaddedRows(torch.compile(heads.box_head, dynamic=False, mode=mode), step)
         heads.box_predictor = PaddedRows(torch.compile(heads.box_predictor, dynamic=False, mode=mode), step)
 
 
+def _mark_rows_dynamic(t: torch.Tensor) -> None:
+    # dynamo always specialises a dimension of size 1; it cannot be marked
+    if t.shape[0] > 1:
+        torch._dynamo.mark_dynamic(t, 0)
+
+
+class DynamicBatch(torch.nn.Module):
+    """Calls a module compiled with static shapes with dim 0 of its input tensors (the
+    batch) marked dynamic: one graph serves every batch size above 1, heights and widths
+    stay static."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Any) -> Any:
+        for t in x if isinstance(x, (list, tuple)) else (x,):
+            _mark_rows_dynamic(t)
+        return self.inner(x)
+
+
 class PaddedRows(torch.nn.Module):
     """Runs a module whose rows are independent (the box head and predictor in eval mode:
     Linear, ReLU, per-RoI convolutions, frozen batch norm) on its rows padded with zeros up
-    to a bucket, and cuts the padding off its outputs, so a static-shape compiled graph
-    serves every frame. A batch of n images has at most n * `step` proposals (`step`: the
-    RPN's post-NMS top-n) and usually exactly that many; the bucket is k * step for
-    k = ceil(rows / step), with k rounded up to a power of two above 4, so a pipeline's
-    batch sizes up to 16 need at most 6 compiled shapes (dynamo's limit per module is 8)."""
+    to a bucket, and cuts the padding off its outputs, so a compiled graph sees few shapes
+    and CUDA graphs can be recorded once per bucket. A batch of n images has at most
+    n * `step` proposals (`step`: the RPN's post-NMS top-n), usually exactly that many; the
+    bucket is k * step for k = ceil(rows / step), k rounded up to a power of two above 4
+    (batches up to 16: at most 6 buckets). Buckets above one image's are marked dynamic,
+    so they share one compiled graph, as batches do in `DynamicBatch`."""
 
     def __init__(self, inner: torch.nn.Module, step: int) -> None:
         super().__init__()
@@ -142,6 +168,8 @@ class PaddedRows(torch.nn.Module):
         padded = self.bucket(rows)
         if padded != rows:
             x = torch.cat([x, x.new_zeros((padded - rows, *x.shape[1:]))])
+        if padded > self.step:
+            _mark_rows_dynamic(x)
         out = self.inner(x)
         return tuple(o[:rows] for o in out) if isinstance(out, tuple) else out[:rows]
 

@@ -8,7 +8,7 @@ import torch
 
 from fpnstream.core.errors import ConfigError
 from fpnstream.config.settings import build_config
-from fpnstream.detection.acceleration import PaddedRows
+from fpnstream.detection.acceleration import DynamicBatch, PaddedRows
 from fpnstream.detection.accuracy import match_rate
 from fpnstream.detection.model import Detector
 from fpnstream.devtools.synthetic import synthetic_frame
@@ -39,22 +39,28 @@ def test_channels_last_on_cpu_keeps_every_detection(firing_checkpoint, fp32):
     assert report.passed, report
 
 
-def test_compiled_backbone_is_warmed_up_at_load_and_keeps_every_detection(firing_checkpoint, fp32):
+def test_compiled_backbone_is_warmed_up_at_load_for_every_batch_size_and_keeps_every_detection(firing_checkpoint,
+                                                                                               fp32):
     from torch._dynamo.utils import counters
 
-    # One warmed-up shape (batch 1 at 160x120) keeps the cold inductor compile to one graph
-    # set; every batch size the pipeline forms (1 and batch.max_size) is warmed the same way.
-    det = Detector.from_config(parity_cfg(firing_checkpoint, compile=True, warmup_sizes=["160x120"]), max_batch=1)
+    # One warmed-up size (160x120) keeps the cold inductor compile to two graph sets: batch 1
+    # and a batch of max_batch, whose batch dimension is dynamic, so the batches of 2 that a
+    # deadline closes do not compile mid-run.
+    det = Detector.from_config(parity_cfg(firing_checkpoint, compile=True, warmup_sizes=["160x120"]), max_batch=3)
     heads = det.model.roi_heads
-    assert hasattr(det.model.backbone, "_orig_mod") and hasattr(det.model.rpn.head, "_orig_mod")
+    assert all(isinstance(m, DynamicBatch) and hasattr(m.inner, "_orig_mod") for m in (det.model.backbone,
+                                                                                    det.model.rpn.head))
     # on a CPU the heads stay eager (one GEMM each; compiling them did not pay, measured)
     assert not any(isinstance(m, PaddedRows) for m in (heads.box_head, heads.box_predictor))
     graphs = counters["stats"]["unique_graphs"]
     assert graphs > 0, "the warm-up compiled"
-    detections = [det.detect(frames_of([image])).detections[0] for image in IMAGES]  # the warmed-up shape
-    assert counters["stats"]["unique_graphs"] == graphs, "a warmed-up size and batch must not compile again"
-    report = match_rate(fp32, detections, min_score=0.5)
-    assert report.passed, report
+    singles = [det.detect(frames_of([image])).detections[0] for image in IMAGES]
+    pairs = [d for i in (0, 2) for d in det.detect(frames_of(IMAGES[i:i + 2])).detections]
+    triple = det.detect(frames_of(IMAGES[:3])).detections
+    assert counters["stats"]["unique_graphs"] == graphs, "a warmed-up size must not compile again, at any batch size"
+    for detections in (singles, pairs, list(triple) + singles[3:]):
+        report = match_rate(fp32, detections, min_score=0.5)
+        assert report.passed, report
 
 
 def test_padded_rows_runs_a_bucket_of_rows_and_returns_each_row_unchanged():
@@ -120,11 +126,13 @@ def test_compiled_on_cuda_covers_the_heads_warms_up_once_and_keeps_every_detecti
 
     fp32 = Detector.from_config(parity_cfg(firing_checkpoint, device="cuda")).detect(frames_of(IMAGES)).detections
     det = Detector.from_config(parity_cfg(firing_checkpoint, device="cuda", compile=True, warmup_sizes=["160x120"]),
-                               max_batch=1)
+                               max_batch=4)
     heads = det.model.roi_heads
     assert all(isinstance(m, PaddedRows) and hasattr(m.inner, "_orig_mod") for m in (heads.box_head, heads.box_predictor))
     graphs = counters["stats"]["unique_graphs"]
-    detections = [det.detect(frames_of([image])).detections[0] for image in IMAGES]
-    assert counters["stats"]["unique_graphs"] == graphs, "a warmed-up size and batch must not compile again"
-    report = match_rate(fp32, detections, min_score=0.5)
-    assert report.passed, report
+    singles = [det.detect(frames_of([image])).detections[0] for image in IMAGES]
+    pairs = [d for i in (0, 2) for d in det.detect(frames_of(IMAGES[i:i + 2])).detections]
+    assert counters["stats"]["unique_graphs"] == graphs, "a warmed-up size must not compile again, at any batch size"
+    for detections in (singles, pairs):
+        report = match_rate(fp32, detections, min_score=0.5)
+        assert report.passed, report
