@@ -139,6 +139,9 @@ class RayConfig(_Strict):
     hang_factor: float = Field(default=10.0, ge=1, le=1000,
                                description="a batch running this many recent batch times means a hung worker...")
     hang_floor_s: float = Field(default=60.0, gt=0, le=3600, description="...but never before this many seconds")
+    hang_compile_floor_s: float = Field(default=900.0, gt=0, le=7200,
+                                        description="...or, for a batch that compiles a new shape (model.compile), "
+                                                    "this many")
     max_actors: int = Field(default=64, ge=1, le=4096,
                             description="without num_actors the pool grows with the cluster up to this many workers")
     streams_per_worker: int = Field(default=16, ge=1, le=10_000,

@@ -44,7 +44,10 @@ class InProcessBackend:
         self._failpoints = failpoints
         # Progress for the hung-worker watchdog: when each running batch started, and how
         # long batches take lately.
-        self._running: dict[int, float] = {}
+        self._running: dict[int, tuple[float, bool]] = {}  # batch -> (started, compiling)
+        # Detectors other than ours (plugins, stand-ins) never compile.
+        self._will_compile = getattr(detector, "will_compile", lambda frames: False)
+        self._told: frozenset[str] = frozenset()  # shapes whose compiling was logged
         self._ids = itertools.count()
         self._batch_s = 0.0
         self._progress_lock = threading.Lock()
@@ -67,8 +70,19 @@ class InProcessBackend:
         if not frames:
             return BatchResult((), (), StageTimes(0.0, 0.0, 0.0))
         key, t0 = next(self._ids), time.monotonic()
+        # A compiling batch is told apart: the watchdog gives it longer, and its minutes
+        # must not enter the recent batch time either.
+        compiling = self._will_compile(frames)
+        if compiling:
+            what = f"{', '.join(sorted({f'{f.image.shape[1]}x{f.image.shape[0]}' for f in frames}))}, " + (
+                "batch of 1" if len(frames) == 1 else "batches of several frames")
+            with self._progress_lock:
+                told, self._told = what in self._told, self._told | {what}  # two lanes may meet it at once
+            if not told:
+                log.warning("compiling the model for %s (not warmed up: see model.warmup_sizes); these batches "
+                            "take longer", what)
         with self._progress_lock:
-            self._running[key] = t0
+            self._running[key] = (t0, compiling)
         try:
             self._failpoints.hang_if("detector.hang")
             self._failpoints.raise_if("detector.crash")
@@ -77,7 +91,8 @@ class InProcessBackend:
             with self._progress_lock:
                 del self._running[key]
                 took = time.monotonic() - t0
-                self._batch_s = took if self._batch_s == 0 else self._batch_s + 0.2 * (took - self._batch_s)
+                if not compiling:
+                    self._batch_s = took if self._batch_s == 0 else self._batch_s + 0.2 * (took - self._batch_s)
         if self._gpu_memory is not None:
             import torch
 
@@ -87,7 +102,9 @@ class InProcessBackend:
     def progress(self) -> DetectorProgress:
         with self._progress_lock:
             oldest = min(self._running.values(), default=None)
-            return DetectorProgress(0.0 if oldest is None else time.monotonic() - oldest, self._batch_s)
+            if oldest is None:
+                return DetectorProgress(0.0, self._batch_s)
+            return DetectorProgress(time.monotonic() - oldest[0], self._batch_s, compiling=oldest[1])
 
     def close(self) -> None:
         self._pool.close()

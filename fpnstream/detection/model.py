@@ -11,7 +11,7 @@ import math
 import threading
 import time
 import warnings
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -207,6 +207,10 @@ class Detector:
 
         self.precision, self._memory_format = accelerate(self.model, device, precision, channels_last, compile,
                                                          backbone_runtime, lanes)
+        from fpnstream.detection.acceleration import DynamicBatch
+
+        self._compiled = isinstance(self.model.backbone, DynamicBatch)
+        self._shapes_run: set[tuple[int, int, bool]] = set()  # (height, width, batch of one) run so far
         self._local = threading.local()  # pinned buffers per lane: each lane syncs only its own copies
 
     @classmethod
@@ -234,6 +238,11 @@ class Detector:
             warm_up(detector, [tuple(int(x) for x in s.split("x")) for s in cfg.warmup_sizes], sorted({1, max_batch}))
         return detector
 
+    def will_compile(self, frames: Sequence[Frame]) -> bool:
+        """Whether this batch makes the compiled model compile: a frame size and batch kind
+        (one frame, or several: the batch dimension is dynamic above 1) not run before."""
+        return self._compiled and not _shape_keys(frames) <= self._shapes_run
+
     @torch.inference_mode()
     def detect(self, frames: Sequence[Frame]) -> BatchResult:
         t0 = time.perf_counter()
@@ -251,6 +260,8 @@ class Detector:
         t2 = time.perf_counter()
         detections = tuple(self._to_detections(out) for out in outputs)
         t3 = time.perf_counter()
+        if self._compiled:
+            self._shapes_run |= _shape_keys(frames)
         return BatchResult(
             metas=tuple(f.meta() for f in frames),
             detections=detections,
@@ -319,3 +330,8 @@ class Detector:
             labels=labels_np,
             names=tuple(self.class_names[i] for i in labels_np),
         )
+
+
+def _shape_keys(frames: Sequence[Frame]) -> set[tuple[int, int, bool]]:
+    sizes = Counter(f.image.shape[:2] for f in frames)  # `detect` runs each size as one batch
+    return {(h, w, n == 1) for (h, w), n in sizes.items()}

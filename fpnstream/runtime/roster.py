@@ -42,7 +42,7 @@ class WorkerRoster:
         self._board = board
         self._driver_metrics = driver_metrics
         self._on_worker_metrics = on_worker_metrics
-        self._hang = HangPolicy(ray_cfg.hang_factor, ray_cfg.hang_floor_s)
+        self._hang = HangPolicy(ray_cfg.hang_factor, ray_cfg.hang_floor_s, ray_cfg.hang_compile_floor_s)
         self.workers: list[WorkerState] = []
 
     def start(self) -> None:

@@ -179,6 +179,30 @@ def test_hung_detector_is_detected_moved_and_restarted(tmp_path, clip, redis_pro
     assert frames == list(range(240))
 
 
+def test_a_batch_that_compiles_past_the_hang_floor_is_not_taken_for_a_hang(tmp_path, clip, redis_proc, small_checkpoint):
+    """`--compile` without `model.warmup_sizes`: the first batches compile (inductor takes
+    seconds to minutes on a CPU), far past a 2 s hang floor. The worker says what it
+    compiles, the watchdog gives those batches `ray.hang_compile_floor_s`: no hang, no
+    restart, every frame once. (Before, such a worker was restarted as hung, and the
+    restarted worker compiled again.)"""
+    cfg = tmp_path / "compile.yaml"
+    cfg.write_text("ray:\n  poll_interval_s: 1\n  hang_floor_s: 2\n  hang_factor: 1\n")
+    client = redis_proc.client()
+    proc = start_run("--config", str(cfg), "--source", f"f={clip}", *FAST, "--compile", "--weights",
+                     str(small_checkpoint), "--redis-url", redis_proc.url, "--redis-prefix", "compile",
+                     "--metrics-port", "0")
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert err.count("compiling the model for 96x64") in (1, 2), err[-3000:]  # batches of 1 and/or of several
+    assert "hung" not in err and "restarting" not in err, err[-3000:]
+    assert not client.hget("compile:status:{f}", "last_move")  # never moved
+    frames = [e["frame"] for e in entries(client, "compile:detections:{f}")]
+    assert frames == list(range(240))
+
+
 def test_detector_exception_restarts_the_worker_and_loses_nothing(tmp_path, clip, redis_proc, small_checkpoint):
     """A batch that raises (a bug, an out-of-memory) stops that worker's pipeline. The worker
     still answers polls, so neither death nor hang is seen: its status says why it stopped,

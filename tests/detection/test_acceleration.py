@@ -58,6 +58,10 @@ def test_compiled_backbone_is_warmed_up_at_load_for_every_batch_size_and_keeps_e
     pairs = [d for i in (0, 2) for d in det.detect(frames_of(IMAGES[i:i + 2])).detections]
     triple = det.detect(frames_of(IMAGES[:3])).detections
     assert counters["stats"]["unique_graphs"] == graphs, "a warmed-up size must not compile again, at any batch size"
+    # what the backend tells the hang watchdog: only a size the warm-up did not cover compiles
+    assert not det.will_compile(frames_of(IMAGES[:1])) and not det.will_compile(frames_of(IMAGES[:2]))
+    assert det.will_compile(frames_of([synthetic_frame(0, 120, 160)]))
+    assert not Detector.from_config(parity_cfg(firing_checkpoint)).will_compile(frames_of(IMAGES[:1]))  # eager
     for detections in (singles, pairs, list(triple) + singles[3:]):
         report = match_rate(fp32, detections, min_score=0.5)
         assert report.passed, report
