@@ -193,6 +193,14 @@ def run_cli(*args: str, timeout: float = 240, cwd: Path | None = None, env: dict
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
+def rtsp_server(port: int, *extra: str) -> subprocess.Popen:
+    """GStreamer's RTSP server on `port`; `extra`: WIDTH HEIGHT FPS [USER PASSWORD]."""
+    proc = procs.spawn([SYSTEM_PYTHON, str(REPO / "tests" / "rtsp_server.py"), str(port), *extra],
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
 @pytest.fixture
 def rtsp_url():
     """A real RTSP server (GStreamer's gst-rtsp-server) on a free port."""

@@ -16,7 +16,7 @@ import pytest
 from fpnstream.publish.schema import decode_entry
 from fpnstream.devtools.synthetic import write_clip
 from tests.faults import exactly_once, longest_pause_s, record
-from tests.conftest import SMALL_MODEL, reference_frames, run_cli, start_run, wait_for
+from tests.conftest import SMALL_MODEL, free_port, reference_frames, rtsp_server, run_cli, start_run, wait_for
 
 FAST = ["--model", SMALL_MODEL, "--min-size", "64", "--max-size", "128", "--metrics-port", "0"]
 
@@ -168,28 +168,51 @@ class StallingTsServer:
         self._sock.close()
 
 
-def test_stalled_stream_does_not_slow_the_others(rtsp_url, redis_proc, small_checkpoint, tmp_path):
+CAMERA_FPS = 8
+
+
+def test_stalled_stream_does_not_slow_the_others(redis_proc, small_checkpoint, tmp_path):
+    """On Ray, the path users run: one worker reads a live camera and a source that sends a
+    burst and then nothing. The camera keeps its rate and its frames are not held back.
+
+    What is under test is isolation, so the detector has headroom: an 8 fps camera and
+    batches of one. A camera frame waits for a lane to free up, then for its own batch; at
+    15 fps in 4-frame batches that was two 4-frame passes, and on a 2-core machine shared
+    with another test the camera's frames reached 1.3 s while its rate held (CI, stop 20).
+    Pinned to half a core here, 4-frame batches gave 0.99-1.04 s, one-frame batches at most
+    0.34 s, and at 15 fps the rate itself fell to 9 fps: the bounds measured the machine."""
+    port = free_port()
+    camera = rtsp_server(port, "160", "120", str(CAMERA_FPS))
     ts = write_clip(tmp_path / "stall.ts", frames=300, width=160, height=120).read_bytes()
     server = StallingTsServer(ts, len(ts) // 3)
+    # 10 s after its last byte the read times out, the decoder flushes its last frame and
+    # reconnects (a new burst): on a slow machine that fell inside the window. Here the
+    # source stays stalled; the watchdog and reconnects have their own test.
+    cfg = tmp_path / "no-watchdog.yaml"
+    cfg.write_text("decode:\n  stall_timeout_s: 120\n  read_timeout_s: 120\n")
     client = redis_proc.client()
     try:
-        proc = start_run("--source", f"good={rtsp_url}", "--source", f"stall=tcp://127.0.0.1:{server.port}",
-                         *FAST, "--weights", str(small_checkpoint), "--redis-url", redis_proc.url,
-                         "--redis-prefix", "st", "--in-process")
+        proc = start_run("--config", str(cfg), "--source", f"good=rtsp://127.0.0.1:{port}/test", "--source",
+                         f"stall=tcp://127.0.0.1:{server.port}", *FAST, "--batch-size", "1", "--weights",
+                         str(small_checkpoint), "--redis-url", redis_proc.url, "--redis-prefix", "st")
         try:
             # The stalled stream delivers its first third, then nothing.
-            wait_for(lambda: client.xlen("st:detections:{stall}") >= 20, proc, what="stall stream frames")
+            wait_for(lambda: client.xlen("st:detections:{stall}") >= 1, proc, what="stall stream frames")
             wait_for(lambda: client.xlen("st:detections:{good}") >= 10, proc, what="good stream frames")
             time.sleep(1.0)
             n_stall = client.xlen("st:detections:{stall}")
             t0, n0 = time.time(), client.xlen("st:detections:{good}")
-            time.sleep(4.0)
+            time.sleep(5.0)
             t1, n1 = time.time(), client.xlen("st:detections:{good}")
             assert client.xlen("st:detections:{stall}") == n_stall, "the stall stream should be silent now"
             rate = (n1 - n0) / (t1 - t0)
-            assert rate >= 0.6 * 15, f"healthy stream fell to {rate:.1f} fps while the other stalled"
-            latencies = [decode_entry(f)["latency_ms"] for _, f in client.xrevrange("st:detections:{good}", count=20)]
-            assert max(latencies) < 1000
+            assert rate >= 0.8 * CAMERA_FPS, f"healthy stream fell to {rate:.1f} fps while the other stalled"
+            # every camera frame published in the window (entry ids are the server's ms clock)
+            window = client.xrange("st:detections:{good}", min=str(int(t0 * 1000)), max=str(int(t1 * 1000)))
+            latencies = [decode_entry(f)["latency_ms"] for _, f in window]
+            assert len(latencies) >= 30 and max(latencies) < 1000, latencies
+            # a Ray actor did the work, not the driver (no --in-process)
+            assert json.loads(client.hget("st:workers", "0"))["pid"] != proc.pid
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=60)
         finally:
@@ -197,6 +220,7 @@ def test_stalled_stream_does_not_slow_the_others(rtsp_url, redis_proc, small_che
         assert proc.returncode == 0, err[-3000:]
     finally:
         server.close()
+        camera.kill()
 
 
 def test_overload_degrades_live_streams_evenly_and_drops_stale(rtsp_url, redis_proc, small_checkpoint):
@@ -206,7 +230,7 @@ def test_overload_degrades_live_streams_evenly_and_drops_stale(rtsp_url, redis_p
     srcs = [a for i in range(3) for a in ("--source", f"cam{i}={rtsp_url}")]
     proc = start_run(*srcs, "--model", SMALL_MODEL, "--weights", str(small_checkpoint), "--min-size", "480",
                      "--max-size", "640", "--metrics-port", "0", "--freshness-ms", "500", "--batch-size", "2",
-                     "--redis-url", redis_proc.url, "--redis-prefix", "ov", "--in-process")
+                     "--redis-url", redis_proc.url, "--redis-prefix", "ov")  # on Ray, the path users run
     try:
         wait_for(lambda: all(client.xlen(f"ov:detections:{{cam{i}}}") >= 3 for i in range(3)), proc, what="all cams")
         # Steady state only: the cameras connect one after another, so count from here.

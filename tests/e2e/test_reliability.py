@@ -9,19 +9,11 @@ import subprocess
 import time
 
 from fpnstream.publish.schema import decode_entry
-from tests import procs
 from tests.faults import longest_pause_s, record
-from tests.conftest import REPO, SMALL_MODEL, SYSTEM_PYTHON, free_port, run_cli, start_run, wait_for
+from tests.conftest import SMALL_MODEL, free_port, rtsp_server, run_cli, start_run, wait_for
 from tests.cluster.test_cluster import StallingTsServer
 
 FAST = ["--model", SMALL_MODEL, "--min-size", "64", "--max-size", "128", "--metrics-port", "0"]
-
-
-def rtsp_server(port: int, *extra: str) -> subprocess.Popen:
-    proc = procs.spawn([SYSTEM_PYTHON, str(REPO / "tests" / "rtsp_server.py"), str(port), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
 
 
 def quick_reconnect_config(tmp_path, **decode) -> str:
@@ -78,7 +70,7 @@ def test_stall_with_open_socket_trips_the_watchdog_and_reconnects(tmp_path, redi
     server = StallingTsServer(ts, len(ts) // 2)  # half the clip, then silence on an open socket
     client = redis_proc.client()
     proc = start_run("--config", quick_reconnect_config(tmp_path), "--source", f"st=tcp://127.0.0.1:{server.port}",
-                     *FAST, "--weights", str(small_checkpoint), "--redis-url", redis_proc.url, "--in-process")
+                     *FAST, "--weights", str(small_checkpoint), "--redis-url", redis_proc.url)  # on Ray
     try:
         wait_for(lambda: any(d["gap"] for d in docs(client, "fpnstream:detections:{st}")), proc, timeout=60,
                  what="frames after the watchdog reconnected")

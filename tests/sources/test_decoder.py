@@ -76,12 +76,16 @@ def test_realtime_file_plays_at_its_recorded_rate(tmp_path):
     t0 = time.monotonic()
     fast = list(decoder(clip).frames())
     unpaced = time.monotonic() - t0
+    t_before = time.time()
     frames = list(decoder(clip, realtime=True).frames())
     assert [f.index for f in frames] == [f.index for f in fast] == list(range(8))
-    gaps = np.diff([f.capture_ts for f in frames])
-    # 7 gaps of 80 ms: released on schedule, never early (sleep only overshoots)
-    assert frames[-1].capture_ts - frames[0].capture_ts >= 7 * 0.08 - 0.01
-    assert gaps.min() >= 0.08 - 0.01 and unpaced < 0.5
+    # Released on schedule, never early: frame i no sooner than its pts - pts[0] after the
+    # schedule's start, which is after t_before. The schedule is absolute, so a frame the
+    # host released late is followed by one on time, a short gap (seen in a loaded suite:
+    # gaps 80, 167, 3 ms): pairwise gaps are not the rule.
+    early = [(f.pts - frames[0].pts) - (f.capture_ts - t_before) for f in frames]
+    assert max(early) <= 0.001, early
+    assert frames[-1].pts - frames[0].pts == pytest.approx(7 * 0.08) and unpaced < 0.5
     sampled = list(decoder(clip, fps=5, realtime=True).frames())  # sampling and pacing compose
     assert len(sampled) < 8 and sampled[-1].capture_ts - sampled[0].capture_ts >= (sampled[-1].pts - sampled[0].pts) - 0.01
 
