@@ -206,7 +206,7 @@ def test_stalled_stream_does_not_slow_the_others(redis_proc, small_checkpoint, t
             t1, n1 = time.time(), client.xlen("st:detections:{good}")
             assert client.xlen("st:detections:{stall}") == n_stall, "the stall stream should be silent now"
             rate = (n1 - n0) / (t1 - t0)
-            assert rate >= 0.8 * CAMERA_FPS, f"healthy stream fell to {rate:.1f} fps while the other stalled"
+            assert rate >= 0.6 * CAMERA_FPS, f"healthy stream fell to {rate:.1f} fps while the other stalled"
             # every camera frame published in the window (entry ids are the server's ms clock)
             window = client.xrange("st:detections:{good}", min=str(int(t0 * 1000)), max=str(int(t1 * 1000)))
             latencies = [decode_entry(f)["latency_ms"] for _, f in window]
