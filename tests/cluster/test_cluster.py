@@ -210,7 +210,7 @@ def test_stalled_stream_does_not_slow_the_others(redis_proc, small_checkpoint, t
             # every camera frame published in the window (entry ids are the server's ms clock)
             window = client.xrange("st:detections:{good}", min=str(int(t0 * 1000)), max=str(int(t1 * 1000)))
             latencies = [decode_entry(f)["latency_ms"] for _, f in window]
-            assert len(latencies) >= 30 and max(latencies) < 1000, latencies
+            assert len(latencies) >= 0.6 * CAMERA_FPS * 4 and max(latencies) < 1000, latencies
             # a Ray actor did the work, not the driver (no --in-process)
             assert json.loads(client.hget("st:workers", "0"))["pid"] != proc.pid
             proc.send_signal(signal.SIGINT)
