@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--min-size", type=int, help="resize: shorter side (model default if unset)")
     run.add_argument("--max-size", type=int, help="resize: longer side cap")
     run.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"],
-                     help="fp32 (default, exact); fp16/bf16 on CUDA; int8 box head on CPU (see `fpnstream bench`)")
+                     help="fp32 (default, exact); fp16/bf16 on CUDA; bf16 or int8 box head on CPU (see `fpnstream bench`)")
     run.add_argument("--compile", action="store_true", default=None,
                      help="torch.compile the dense layers (backbone, RPN head; on CUDA also the box head, with "
                           "CUDA graphs); warm up sizes with model.warmup_sizes")
@@ -96,11 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--redis-url", help="default: an embedded Redis")
     bench.add_argument("--no-ray", action="store_true", help="skip the Ray run")
     bench.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32",
-                       help="fast-mode precision: fp16/bf16 on CUDA, int8 box head on CPU (checked against fp32: "
+                       help="fast-mode precision: fp16/bf16 on CUDA, bf16 or int8 box head on CPU (checked against fp32: "
                             ">= 95 %% of boxes kept)")
     bench.add_argument("--channels-last", action="store_true", help="fast mode: backbone in NHWC")
     bench.add_argument("--compile", action="store_true", help="fast mode: torch.compile, warmed up for --size")
     bench.add_argument("--openvino", action="store_true", help="fast mode: the backbone+FPN on OpenVINO (CPU)")
+    bench.add_argument("--gather-roi-align", action="store_true",
+                       help="fast mode: RoIAlign as one weighted gather-sum (model.roi_align: gather, CPU)")
     bench.add_argument("--feed", action="store_true",
                        help="measure the host side instead: the pipeline with a zero-cost stand-in detector vs. "
                             "PyAV decoding alone (no model)")

@@ -65,7 +65,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     with progress_bar("bench") as on_step:
         doc = bench(a.clips, a.frames, w, h, a.model, a.batch_size, a.redis_url, not a.no_ray, Path(a.out), a.device,
-                    FastMode(a.precision, a.channels_last, a.compile, a.openvino), a.load, a.load_seconds, on_step=on_step)
+                    FastMode(a.precision, a.channels_last, a.compile, a.openvino, a.gather_roi_align), a.load,
+                    a.load_seconds, on_step=on_step)
     print(markdown(doc))
     return 0
 

@@ -87,14 +87,19 @@ class ModelConfig(_Strict):
         default=None, ge=1, le=64,
         description="forward passes run at once; default: on a CPU one per thread (each single-threaded), on CUDA 1")
     precision: Literal["fp32", "fp16", "bf16", "int8"] = Field(
-        default="fp32", description="fp32 (exact torchvision parity); CUDA: autocast fp16/bf16; CPU: int8 box head "
-                                    "(check accuracy with `fpnstream bench`)")
+        default="fp32", description="fp32 (exact torchvision parity); CUDA: autocast fp16/bf16; CPU: bf16 box head "
+                                    "(needs AVX-512 BF16 or AMX) or int8 box head (check accuracy with "
+                                    "`fpnstream bench`)")
     channels_last: bool = Field(default=False, description="NHWC memory layout for the backbone")
     compile: bool = Field(default=False, description="torch.compile the backbone and RPN head (static shape per "
                                                       "frame size); on CUDA also the box head and predictor (rows "
                                                       "padded to a bucket), with reduce-overhead/CUDA graphs")
     backbone_runtime: Literal["torch", "openvino"] = Field(
         default="torch", description="CPU: run the backbone+FPN with OpenVINO (pip install openvino), fp32")
+    roi_align: Literal["torchvision", "gather"] = Field(
+        default="torchvision", description="CPU: 'gather' pools the RoIs of every FPN level with one weighted "
+                                           "gather-sum (embedding_bag), 3-4x faster than torchvision's kernel, "
+                                           "equal to ~1e-6 (not bit-exact)")
     warmup_sizes: tuple[str, ...] = Field(
         default=(), description="frame sizes WxH to run once at load (compiles them), e.g. [1280x720]")
     plugin: str | None = Field(

@@ -194,6 +194,7 @@ class Detector:
         lanes: int = 1,
         compile: bool = False,
         backbone_runtime: str = "torch",
+        roi_align: str = "torchvision",
     ) -> None:
         """`lanes`: how many threads may call `detect` at once (the model is shared)."""
         self.lanes = lanes
@@ -206,7 +207,7 @@ class Detector:
         from fpnstream.detection.acceleration import accelerate
 
         self.precision, self._memory_format = accelerate(self.model, device, precision, channels_last, compile,
-                                                         backbone_runtime, lanes)
+                                                         backbone_runtime, lanes, roi_align)
         from fpnstream.detection.acceleration import DynamicBatch
 
         self._compiled = isinstance(self.model.backbone, DynamicBatch)
@@ -231,7 +232,7 @@ class Detector:
                 raise ModelError(f"unknown class name(s) in allow-list: {', '.join(unknown)}")
             allowed = frozenset(i for i, n in enumerate(names) if n in cfg.classes)
         detector = cls(model, names, cfg.name, device, cfg.max_detections, allowed, cfg.precision, cfg.channels_last,
-                       lanes, cfg.compile, cfg.backbone_runtime)
+                       lanes, cfg.compile, cfg.backbone_runtime, cfg.roi_align)
         if cfg.warmup_sizes:
             from fpnstream.detection.acceleration import warm_up
 

@@ -16,7 +16,7 @@ import platform
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +144,7 @@ def accuracy_check(paths: list[Path], model_cfg: ModelConfig, frames: int = 16) 
     sample = _decode(paths[0], frames)
     fp32 = Detector.from_config(model_cfg.model_copy(update={"precision": "fp32", "channels_last": False,
                                                              "compile": False, "warmup_sizes": (),
-                                                             "backbone_runtime": "torch"}))
+                                                             "backbone_runtime": "torch", "roi_align": "torchvision"}))
     fast = Detector.from_config(model_cfg)
     report = match_rate(fp32.detect(sample).detections, fast.detect(sample).detections, min_score=model_cfg.score_threshold)
     return {"precision": fast.precision, "channels_last": model_cfg.channels_last, "compile": model_cfg.compile,
@@ -195,14 +195,18 @@ class FastMode:
     channels_last: bool = False
     compile: bool = False
     openvino: bool = False  # the backbone+FPN on OpenVINO (CPU)
+    gather_roi_align: bool = False  # model.roi_align: gather (CPU)
+    on_cpu: bool = False  # bf16 and int8 then mean the box head only
 
     @property
     def active(self) -> bool:
-        return self.precision != "fp32" or self.channels_last or self.compile or self.openvino
+        return self.precision != "fp32" or self.channels_last or self.compile or self.openvino or self.gather_roi_align
 
     @property
     def label(self) -> str:
-        parts = ([self.precision] + ["OpenVINO backbone"] * self.openvino + ["channels_last"] * self.channels_last
+        precision = f"{self.precision} box head" if self.on_cpu and self.precision in ("bf16", "int8") else self.precision
+        parts = ([precision] + ["OpenVINO backbone"] * self.openvino + ["gather RoIAlign"] * self.gather_roi_align
+                 + ["channels_last"] * self.channels_last
                  + ["compiled"] * self.compile)
         return " + ".join(parts)
 
@@ -225,6 +229,9 @@ def bench(clips: int, frames: int, width: int, height: int, model: str, batch: i
     threads = torch.get_num_threads()
     dev = "cuda" if torch.cuda.is_available() and device != "cpu" else "cpu"
     peak = measured_peak_flops(dev)
+    # A bf16/fp16 mode's dense layers can run above the fp32 peak: measure theirs too.
+    low_peak = measured_peak_flops(dev, fast.precision) if fast.precision in ("bf16", "fp16") else None
+    fast = replace(fast, on_cpu=dev == "cpu")
     if with_ray and not available():
         log.warning("Ray is not installed: skipping the Ray run")
         with_ray = False
@@ -240,7 +247,8 @@ def bench(clips: int, frames: int, width: int, height: int, model: str, batch: i
         exact = ModelConfig(name=model, weights=str(ckpt), device=device, score_threshold=0.5, torch_threads=threads)
         quick = exact.model_copy(update={"precision": fast.precision, "channels_last": fast.channels_last,
                                          "compile": fast.compile, "warmup_sizes": (f"{width}x{height}",),
-                                         "backbone_runtime": "openvino" if fast.openvino else "torch"})
+                                         "backbone_runtime": "openvino" if fast.openvino else "torch",
+                                         "roi_align": "gather" if fast.gather_roi_align else "torchvision"})
         steps = 3 + int(with_ray) + int(load > 0) + 2 * int(fast.active)
         on_step(0, steps, "baseline")
         base = run_baseline(paths, exact)
@@ -293,6 +301,7 @@ def bench(clips: int, frames: int, width: int, height: int, model: str, batch: i
         "gflops_source": f"torch.utils.flop_counter.FlopCounterMode on one fp32 pass over a {width}x{height} frame "
                          "of the input, with the seeded firing weights",
         "peak_flops_measured": peak,
+        "peak_flops_measured_low_precision": low_peak,
         "results": [asdict(r) | {"achieved_gflops_s": round(r.fps * gflops, 2),
                                  "fraction_of_peak": round(r.fps * gflops * 1e9 / peak, 4)} for r in results],
     }

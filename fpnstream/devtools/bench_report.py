@@ -31,7 +31,10 @@ def markdown(doc: dict) -> str:
                   f"({'passes' if acc['passed'] else 'FAILS'} the {acc['required'] * 100:.0f} % bar)"]
     ops = ", ".join(f"{k} {v}" for k, v in (doc.get("gflops_by_op") or {}).items())
     lines += ["", f"GFLOPs per frame: {doc['gflops_per_frame']} ({ops}) from {doc['gflops_source']}; peak: "
-              f"{doc['peak_flops_measured'] / 1e9:.1f} GFLOP/s measured with a 2048x2048 fp32 matmul on the same device.",
+              f"{doc['peak_flops_measured'] / 1e9:.1f} GFLOP/s measured with a 2048x2048 fp32 matmul on the same device"
+              + (f" (the same matmul in {acc['precision']}: {doc['peak_flops_measured_low_precision'] / 1e9:.1f} "
+                 "GFLOP/s; a mode with low-precision layers can pass 100 % of the fp32 peak)."
+                 if doc.get("peak_flops_measured_low_precision") and acc else "."),
               "Timing: the baseline from its first decode to its last result; the pipelines from the first "
               "frame's capture to the last publish (start-up, model load and Ray workers excluded for all).",
               "Baseline latency is decode + inference of one frame; pipeline latency is capture -> publish, "

@@ -10,13 +10,15 @@ from __future__ import annotations
 import time
 
 
-def measured_peak_flops(device: str) -> float:
-    """Dense fp32 matmul throughput: an empirical peak for a device without a spec sheet."""
+def measured_peak_flops(device: str, dtype: str = "fp32") -> float:
+    """Dense matmul throughput (fp32, or bf16/fp16 for the modes that use them): an
+    empirical peak for a device without a spec sheet."""
     import torch
 
     dev = torch.device(device)
-    a = torch.randn(2048, 2048, device=dev)
-    b = torch.randn(2048, 2048, device=dev)
+    kind = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    a = torch.randn(2048, 2048, device=dev, dtype=kind)
+    b = torch.randn(2048, 2048, device=dev, dtype=kind)
     for _ in range(2):
         a @ b
     if dev.type == "cuda":

@@ -124,6 +124,34 @@ def test_openvino_backbone_keeps_every_detection(firing_checkpoint, fp32):
     assert report.passed and report.rate == 1.0, report
 
 
+def test_bf16_box_head_casts_only_the_box_head_linears_and_keeps_the_detections(firing_checkpoint, fp32):
+    from fpnstream.detection.acceleration import Bf16Linear, bf16_box_head, native_bf16
+
+    # The module itself runs on any CPU (oneDNN emulates bf16 where the CPU lacks it).
+    det = Detector.from_config(parity_cfg(firing_checkpoint))
+    bf16_box_head(det.model)
+    head = det.model.roi_heads.box_head
+    assert isinstance(head.fc6, Bf16Linear) and isinstance(head.fc7, Bf16Linear)
+    assert head.fc6.weight.dtype == torch.bfloat16 and head.fc6.bias.dtype == torch.float32
+    assert isinstance(det.model.roi_heads.box_predictor.cls_score, torch.nn.Linear)  # scores stay fp32
+    assert all(p.dtype == torch.float32 for p in det.model.backbone.parameters())
+    report = match_rate(fp32, det.detect(frames_of(IMAGES)).detections, min_score=0.5)
+    assert report.passed, report
+    # The config switch applies it only where the CPU multiplies bf16 in hardware.
+    configured = Detector.from_config(parity_cfg(firing_checkpoint, precision="bf16"))
+    assert configured.precision == ("bf16" if native_bf16() else "fp32")
+    assert isinstance(configured.model.roi_heads.box_head.fc6, Bf16Linear) == native_bf16()
+
+
+def test_gather_roi_align_keeps_every_detection(firing_checkpoint, fp32):
+    from fpnstream.detection.roi_gather import GatherRoIAlign
+
+    det = Detector.from_config(parity_cfg(firing_checkpoint, roi_align="gather"))
+    assert isinstance(det.model.roi_heads.box_roi_pool, GatherRoIAlign)
+    report = match_rate(fp32, det.detect(frames_of(IMAGES)).detections, min_score=0.5)
+    assert report.passed and report.rate == 1.0, report
+
+
 def test_bad_warmup_size_is_one_line():
     with pytest.raises(ConfigError) as e:
         build_config({"model": {"warmup_sizes": ["1280by720"]}})

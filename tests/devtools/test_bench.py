@@ -9,12 +9,12 @@ from tests.conftest import run_cli
 def test_bench_writes_json_markdown_and_plot(tmp_path):
     out = tmp_path / "bench"
     proc = run_cli("bench", "--clips", "2", "--frames", "4", "--size", "160x120", "--batch-size", "2", "--no-ray",
-                   "--device", "cpu", "--precision", "int8", "--load", "0.5", "--load-seconds", "3", "--out", str(out),
+                   "--device", "cpu", "--precision", "int8", "--gather-roi-align", "--load", "0.5", "--load-seconds", "3", "--out", str(out),
                    timeout=400)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((out / "bench.json").read_text())
     names = [r["name"] for r in doc["results"]]
-    assert names[:3] == ["baseline (naive loop)", "pipeline, in-process", "pipeline, in-process, int8"]
+    assert names[:3] == ["baseline (naive loop)", "pipeline, in-process", "pipeline, in-process, int8 box head + gather RoIAlign"]
     assert len(names) == 4
     base, pipe, fast, paced = doc["results"]
     # paced at half the measured throughput: it keeps up, so it runs at about the set rate
@@ -35,7 +35,7 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
     assert acc["precision"] == "int8" and acc["fp32_detections"] > 0 and 0 < acc["rate"] <= 1
     assert acc["passed"] == (acc["rate"] >= 0.95 and acc["extra"] <= 0.05 * acc["fp32_detections"])
     md = (out / "bench.md").read_text()
-    assert "| baseline (naive loop) | 8 |" in md and "Accuracy of int8" in md
+    assert "| baseline (naive loop) | 8 |" in md and "Accuracy of int8 box head + gather RoIAlign" in md
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert "| pipeline, in-process | 8 |" in proc.stdout
 
