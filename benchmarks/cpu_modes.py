@@ -23,6 +23,12 @@ MODES = {
     "openvino backbone": {"backbone_runtime": "openvino"},
     "openvino backbone + compiled RPN head": {"backbone_runtime": "openvino", "compile": True},
     "openvino backbone + int8 box head": {"backbone_runtime": "openvino", "precision": "int8"},
+    "bf16 box head": {"precision": "bf16"},
+    "gather RoIAlign": {"roi_align": "gather"},
+    "openvino backbone + gather RoIAlign": {"backbone_runtime": "openvino", "roi_align": "gather"},
+    "openvino backbone + bf16 box head": {"backbone_runtime": "openvino", "precision": "bf16"},
+    "openvino backbone + bf16 box head + gather RoIAlign": {"backbone_runtime": "openvino", "precision": "bf16",
+                                                            "roi_align": "gather"},
 }
 
 
