@@ -232,6 +232,12 @@ def bench(clips: int, frames: int, width: int, height: int, model: str, batch: i
     # A bf16/fp16 mode's dense layers can run above the fp32 peak: measure theirs too.
     low_peak = measured_peak_flops(dev, fast.precision) if fast.precision in ("bf16", "fp16") else None
     fast = replace(fast, on_cpu=dev == "cpu")
+    if fast.on_cpu and fast.precision == "bf16":
+        from fpnstream.detection.acceleration import native_bf16
+
+        if not native_bf16():  # the detector would run fp32: say so in every run's name too
+            log.warning("this CPU has no native bf16: the fast mode runs fp32")
+            fast = replace(fast, precision="fp32")
     if with_ray and not available():
         log.warning("Ray is not installed: skipping the Ray run")
         with_ray = False
