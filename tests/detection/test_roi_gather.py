@@ -52,3 +52,10 @@ def test_an_adaptive_sampling_ratio_keeps_torchvision():
     assert not gather_roi_pool(adaptive) and isinstance(adaptive.roi_heads.box_roi_pool, MultiScaleRoIAlign)
     fixed = Model(MultiScaleRoIAlign(["0"], 7, 2))
     assert gather_roi_pool(fixed) and isinstance(fixed.roi_heads.box_roi_pool, GatherRoIAlign)
+
+
+def test_a_batch_without_proposals_pools_nothing():
+    feats = OrderedDict((n, torch.randn(2, 8, 16, 16)) for n in ("0", "1"))
+    boxes = [torch.zeros(0, 4), torch.zeros(0, 4)]
+    pooled = GatherRoIAlign(MultiScaleRoIAlign(["0", "1"], 7, 2))(feats, boxes, [(64, 64)] * 2)
+    assert pooled.shape == (0, 8, 7, 7)
