@@ -79,7 +79,7 @@ def accelerate(model: torch.nn.Module, device: torch.device, precision: str, cha
     if precision == "bf16" and not cuda:
         if native_bf16():
             bf16_box_head(model)
-            return precision, _memory_format(model, channels_last, compile, device.type)
+            return precision, _apply_layout_and_compile(model, channels_last, compile, device.type)
         log.warning("precision bf16 on a CPU needs native bf16 dot products (AVX-512 BF16 or AMX), which this "
                     "CPU lacks; running fp32")
         precision = "fp32"
@@ -94,10 +94,12 @@ def accelerate(model: torch.nn.Module, device: torch.device, precision: str, cha
         use_low_precision(model, dtype, device.type)
     if precision == "int8":
         quantize_box_head(model)
-    return precision, _memory_format(model, channels_last, compile, device.type)
+    return precision, _apply_layout_and_compile(model, channels_last, compile, device.type)
 
 
-def _memory_format(model: torch.nn.Module, channels_last: bool, compile: bool, device_type: str) -> torch.memory_format:
+def _apply_layout_and_compile(model: torch.nn.Module, channels_last: bool, compile: bool,
+                              device_type: str) -> torch.memory_format:
+    """NHWC backbone and/or compiled dense parts; returns the backbone's input memory format."""
     if channels_last:
         model.backbone.to(memory_format=torch.channels_last)
     if compile:
