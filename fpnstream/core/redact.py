@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
 
 # scheme://user:password@host -> scheme://***@host ; also catches URLs embedded in messages.
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/@\s]*)@")
+# Greedy up to the last "@" before the path or a space: a password typed with a raw "@",
+# "#" or "?" (which belong percent-encoded) is still all user-info to a camera's firmware.
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/\s]*)@")
 
 
 def redact_url(url: str) -> str:
-    """Return `url` with any user-info replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return redact_text(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = f"***@{host}" + (f":{port}" if port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """Return `url` with any user-info replaced by ``***``.
+
+    By the pattern, not by `urlsplit`: that ends the authority at a raw "#" or "?", so in
+    `rtsp://admin:pa#ss@cam/x` it sees no user-info and in `redis://:p@ss?@h/0` the wrong one."""
+    return redact_text(url)
 
 
 def redact_text(text: str) -> str:

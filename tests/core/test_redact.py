@@ -13,3 +13,18 @@ def test_redact_text_inside_messages():
     out = redact_text(msg)
     assert "secret" not in out and ":pw@" not in out
     assert "rtsp://***@10.1.1.1/live" in out
+
+
+def test_passwords_with_raw_separators_are_redacted():
+    # Typed as cameras' web pages accept them: not percent-encoded.
+    for url, kept in [("rtsp://admin:pa#ss@cam/x", "rtsp://***@cam/x"), ("redis://:se#cret@h:6379/0", "redis://***@h:6379/0"),
+                      ("rtsp://admin:pa?ss@cam/x", "rtsp://***@cam/x"), ("rtsp://admin:p@ss@cam:554/x", "rtsp://***@cam:554/x"),
+                      ("redis://:p@ss?@h/0", "redis://***@h/0")]:
+        assert redact_url(url) == kept, url
+        assert redact_text(f"cannot open {url}: refused") == f"cannot open {kept}: refused", url
+
+
+def test_text_without_user_info_is_unchanged():
+    assert redact_text("mail ops@example.org") == "mail ops@example.org"
+    assert redact_text("rtsp://cam:554/live user@example.org") == "rtsp://cam:554/live user@example.org"
+    assert redact_url("rtsp://cam/live?token=a") == "rtsp://cam/live?token=a"
