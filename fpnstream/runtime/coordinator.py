@@ -214,6 +214,10 @@ class Coordinator:
             if op == "add":
                 fps = float(cmd["fps"]) if cmd.get("fps") else None
                 analytics = json.loads(cmd["analytics"]) if cmd.get("analytics") else {}  # data only, validated
+                if not isinstance(analytics, dict):
+                    raise ValueError("analytics must be a JSON object")
+                if clash := sorted({"uri", "id", "fps"} & analytics.keys()):
+                    raise ValueError(f"analytics may not set {', '.join(clash)}")
                 added = self.add_streams([SourceConfig(uri=cmd["uri"], id=cmd.get("id") or None, fps=fps, **analytics)])
                 log.info("control: added stream(s) %s", ", ".join(added))
             elif op == "remove":

@@ -75,5 +75,7 @@ class StatusBoard:
         for _key, entries in reply or []:
             for entry_id, fields in entries:
                 self._control_last = entry_id
-                out.append({k.decode(): v.decode() for k, v in fields.items()})
+                # Anyone with write access to Redis can send one: bytes that are not UTF-8
+                # become U+FFFD and the command is then rejected by its checks, not the job.
+                out.append({k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()})
         return out

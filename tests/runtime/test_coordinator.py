@@ -80,3 +80,33 @@ def test_local_worker_whose_detector_raised_is_replaced_and_its_stream_resumes(t
     assert frames(client, "lc", "c") == list(range(60))
     assert client.hget("lc:status:{c}", "last_move") == b"worker 0 failed"
     assert report.streams["c"].state == "finished"
+
+
+def test_malformed_control_commands_are_rejected_one_by_one_and_the_job_goes_on(tmp_path, redis_proc, small_checkpoint):
+    """Anyone who can write to Redis can send a command: a bad one is refused (the stream it
+    names is marked failed, with why), and the running stream loses nothing."""
+    clip = write_clip(tmp_path / "live.mp4", frames=30, width=96, height=64, seed=3, fps=10)
+    client = redis_proc.client()
+    cfg = config(redis_proc.url, small_checkpoint, [clip], "mc")
+    cfg = cfg.model_copy(update={"sources": [s.model_copy(update={"realtime": True}) for s in cfg.sources]})
+    bad = [{"op": "add", "uri": str(clip), "id": "not-an-object", "analytics": "[1]"},
+           {"op": "add", "uri": str(clip), "id": "sets-the-uri", "analytics": '{"uri": "/elsewhere.mp4"}'},
+           {"op": "add", "uri": str(clip), "id": "broken-json", "analytics": "{"},
+           {"op": b"\xff\xfeadd", "id": "not-utf8", "uri": b"\xc3\x28"}]
+
+    def send_when_running() -> None:
+        while not client.exists("mc:detections:{live}"):  # the job has started and reads commands
+            threading.Event().wait(0.05)
+        for fields in bad:
+            client.xadd("mc:control", fields)
+
+    sender = threading.Thread(target=send_when_running, daemon=True)
+    sender.start()
+    report, _ = run(cfg, client, size=1)
+    sender.join(5)
+    assert frames(client, "mc", "live") == list(range(30))
+    assert report.streams["live"].state == "finished" and report.streams["live"].published == 30
+    assert client.hget("mc:status:{not-an-object}", "error") == b"analytics must be a JSON object"
+    assert client.hget("mc:status:{sets-the-uri}", "error") == b"analytics may not set uri"
+    assert client.hget("mc:status:{broken-json}", "state") == b"failed"
+    assert not client.exists("mc:detections:{not-an-object}") and not client.exists("mc:detections:{sets-the-uri}")
