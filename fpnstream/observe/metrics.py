@@ -107,10 +107,13 @@ class MetricsObserver(PipelineObserver):
         self._m.batch_size.observe(len(frames))
 
     def published(self, result, latencies, skipped, reports) -> None:
+        """`skipped`: (stream, lease) of the claims whose frames Redis refused."""
         per_class: Tally[tuple[str, str]] = Tally()  # one counter update per class, not per box
+        written = set()
         for meta, dets, latency in zip(result.metas, result.detections, latencies):
-            if meta.stream_id in skipped:
+            if (meta.stream_id, meta.lease) in skipped:
                 continue
+            written.add(meta.stream_id)
             series = self._published.get(meta.stream_id)
             if series is None:
                 series = self._published[meta.stream_id] = (self._m.frames_published.labels(meta.stream_id),
@@ -121,9 +124,11 @@ class MetricsObserver(PipelineObserver):
         for (sid, name), n in per_class.items():
             self._m.detections.labels(sid, name).inc(n)
         if result.analytics:
-            self._analytics(result, skipped)
+            # Events and occupancy are the stream's current claim's (analytics fences by
+            # lease): skipped only for a stream none of whose frames were written.
+            self._analytics(result, {sid for sid, _ in skipped} - written)
 
-    def _analytics(self, result, skipped) -> None:
+    def _analytics(self, result, skipped: set[str]) -> None:
         for e in result.events:
             if e.stream_id in skipped:
                 continue

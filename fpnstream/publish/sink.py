@@ -118,7 +118,13 @@ def starts_new_run(client: redis.Redis, prefix: str, stream_id: str, restart: bo
 class PublishResult:
     latencies: list[float]  # capture -> acknowledged, seconds, per frame of the batch
     written: dict[str, int]  # entries actually added per stream (duplicates are skipped)
-    fenced: frozenset[str]  # streams this writer no longer owns: stop feeding them
+    # (stream, lease) of the claims refused: this writer no longer owns the stream under that
+    # lease. Per claim, not per stream: a batch can hold the last frames of a stream's earlier
+    # claim on this worker (refused) beside the first ones of its new claim (written).
+    fenced: frozenset[tuple[str, str]]
+
+    def refused(self, stream_id: str, lease: str) -> bool:
+        return (stream_id, lease) in self.fenced
 
 
 class RedisStreamSink:
@@ -180,7 +186,7 @@ class RedisStreamSink:
         events: dict[tuple[str, int], list] = {}
         for e in result.events:
             events.setdefault((e.stream_id, e.frame), []).append(e)
-        calls: dict[int, tuple[list[str], list, list[str]]] = {}  # slot (0 on one server) -> keys, args, order
+        calls: dict[int, tuple[list[str], list, list[tuple[str, str]]]] = {}  # slot (0 on one server) -> keys, args, claims
         # One group per stream and claim (a batch holds one claim's frames of a stream; the
         # grouping keeps that true whatever comes). Stable sort: frame order is kept.
         pairs = sorted(zip(result.metas, result.detections), key=lambda p: (p[0].stream_id, p[0].lease))
@@ -206,16 +212,16 @@ class RedisStreamSink:
             analytics = result.analytics.get(sid)
             args.append(analytics.state if analytics is not None else "")
             keys += [entries_key, status_key(self._prefix, sid), events_key(self._prefix, sid)]
-            order.append(sid)
+            order.append((sid, lease))
         written: dict[str, int] = {}
-        fenced: set[str] = set()
+        fenced: set[tuple[str, str]] = set()
         try:
             # A failure part-way through a cluster's calls leaves some streams written: the
             # retry skips their frames (at or below last_frame), so nothing is duplicated.
             for keys, args, order in calls.values():
-                for sid, n in zip(order, self._evalsha(_PUBLISH, keys, args)):
+                for (sid, lease), n in zip(order, self._evalsha(_PUBLISH, keys, args)):
                     if n == -1:
-                        fenced.add(sid)
+                        fenced.add((sid, lease))
                     else:
                         written[sid] = written.get(sid, 0) + int(n)
         except redis.RedisError as e:

@@ -95,14 +95,18 @@ class Pipeline:
         counted, tracked or written as this claim's."""
         spec = decoder.spec
         sid = spec.stream_id
-        with self._changing:
+        restored = False
+
+        def prepare() -> None:
+            nonlocal restored
             self._ledger.open(sid, spec.live)
-            restored = False
             if self._analytics is not None:
                 restored = self._analytics.open(sid, spec.tracking, spec.zones, spec.lines, saved_tracks, decoder.lease)
             self._mux.add_stream(sid, self._queue_size, DropPolicy.DROP_OLDEST if spec.live else DropPolicy.BLOCK,
                                  decoder.lease)
-            self._sources.add(decoder)
+
+        with self._changing:
+            self._sources.add(decoder, prepare)
         return restored
 
     def remove_source(self, stream_id: str, state: StreamState = StreamState.STOPPED, lease: str | None = None) -> None:

@@ -94,9 +94,9 @@ class Publisher:
             self.batch_seconds += 0.2 * (t.preprocess + t.inference + t.postprocess + publish_s - self.batch_seconds)
             now = time.time()
             for meta, latency in zip(result.metas, published.latencies):
-                if meta.stream_id not in published.fenced:
+                if not published.refused(meta.stream_id, meta.lease):
                     self._ledger.published(meta.stream_id, now, latency)
             self._buffer.pop()
             self._observer.published(result, published.latencies, published.fenced, self._ledger.reports())
-            for sid in published.fenced:
-                self._on_fenced(sid, next(m.lease for m in result.metas if m.stream_id == sid))
+            for sid, lease in published.fenced:
+                self._on_fenced(sid, lease)

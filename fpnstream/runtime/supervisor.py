@@ -42,8 +42,12 @@ class SourceSupervisor:
         self._lock = threading.Lock()
         self._started = False
 
-    def add(self, decoder: VideoDecoder) -> None:
+    def add(self, decoder: VideoDecoder, prepare: Callable[[], None] = lambda: None) -> None:
+        """Start reading `decoder`'s stream. `prepare` (the stream's accounting and queue for
+        this claim) runs under the lock a stopping decoder of the same stream holds for its
+        last actions, so those land on the claim they belong to, never on this new one."""
         with self._lock:
+            prepare()
             src = self._sources[decoder.spec.stream_id] = _Source(decoder, threading.Event())
             if self._started:
                 self._start(src)
@@ -60,11 +64,13 @@ class SourceSupervisor:
         src = self._sources.get(stream_id)
         return None if src is None else src.decoder.lease
 
-    def _current(self, src: _Source) -> bool:
-        """Whether `src` is still its stream's decoder: a stopped one may outlive its stream's
-        next start on this worker, and must then leave the new one's queue and report alone."""
+    def _if_current(self, src: _Source, action: Callable[[], object]) -> None:
+        """Run `action` only while `src` is still its stream's decoder, under the lock `add`
+        holds: a stopped decoder may outlive its stream's next start on this worker, and must
+        then leave the new claim's queue and report alone (check and act as one step)."""
         with self._lock:
-            return self._sources.get(src.decoder.spec.stream_id) is src
+            if self._sources.get(src.decoder.spec.stream_id) is src:
+                action()
 
     def stop(self, stream_id: str) -> bool:
         """Ask a stream's decoder to stop; False if there is no such stream."""
@@ -88,16 +94,13 @@ class SourceSupervisor:
                 self._run_live(src)
             else:
                 self._read_connection(src, src.decoder)
-                if self._current(src):
-                    self._ledger.source_done(sid)
+                self._if_current(src, lambda: self._ledger.source_done(sid))
         except Exception as e:  # one broken stream ends that stream, not the job
-            if self._current(src):
-                self._ledger.fail(sid, str(e))
+            error = str(e)
+            self._if_current(src, lambda: self._ledger.fail(sid, error))
             log.error("%s", e)
         finally:
-            if self._current(src):
-                self._observer.source_up(sid, False)
-                self._mux.close_stream(sid)
+            self._if_current(src, lambda: (self._observer.source_up(sid, False), self._mux.close_stream(sid)))
 
     def _run_live(self, src: _Source) -> None:
         sid = src.decoder.spec.stream_id
@@ -158,14 +161,12 @@ class SourceSupervisor:
                 if src.stop.is_set():
                     # Decoded after the stop: never accepted, but accounted for (unless the
                     # stream has started again here since: that is another claim's report).
-                    if self._current(src):
-                        self._ledger.drop(sid, "stopped")
+                    self._if_current(src, lambda: self._ledger.drop(sid, "stopped"))
                     break
                 self._ledger.accept(sid)
                 if not self._mux.put(frame):  # closed, or the stream reads for a newer claim here
                     self._ledger.unaccept(sid)
-                    if self._current(src):
-                        self._ledger.drop(sid, "stopped")
+                    self._if_current(src, lambda: self._ledger.drop(sid, "stopped"))
                     break
                 t = time.perf_counter()
             account()

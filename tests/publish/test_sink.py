@@ -108,7 +108,7 @@ def test_fenced_writer_is_refused_other_streams_still_written(redis_proc):
     metas = batch("a", 0, 2, lease="tok-old").metas + batch("b", 0, 2, lease="tok-b").metas
     dets = batch("a", 0, 2).detections * 2
     result = old.publish(BatchResult(metas, dets, StageTimes(0, 0, 0)))
-    assert result.fenced == {"a"} and result.written == {"b": 2}
+    assert result.fenced == {("a", "tok-old")} and result.written == {"b": 2}
     assert client.xlen("t:detections:{a}") == 0 and client.xlen("t:detections:{b}") == 2
 
 
@@ -122,6 +122,6 @@ def test_frames_are_fenced_by_the_claim_they_were_decoded_under(redis_proc):
     RedisStreamSink(client, "t", maxlen=0, model_name="m").claim("cam", owner="elsewhere")  # moved away
     assert sink.claim("cam", owner="again") == 3  # ... and back, before the old frames 3..5 drained
     late = sink.publish(batch("cam", 3, 3, lease="first"))
-    assert late.fenced == {"cam"} and client.hget("t:status:{cam}", "last_frame") == b"2"
+    assert late.fenced == {("cam", "first")} and client.hget("t:status:{cam}", "last_frame") == b"2"
     assert sink.publish(batch("cam", 3, 3, lease="again")).written == {"cam": 3}
     assert [decode_entry(f)["frame"] for _, f in client.xrange("t:detections:{cam}")] == list(range(6))

@@ -188,3 +188,98 @@ def test_stream_back_on_its_worker_while_old_frames_drain_loses_nothing(redis_pr
     report = pipeline.wait(threading.Event())
     assert [decode_entry(f)["frame"] for _, f in client.xrange(stream_key("lz", "c"))] == list(range(60))
     assert report.streams["c"].state == StreamState.FINISHED and report.streams["c"].published == 60 - start
+
+
+def test_a_stopping_decoder_leaves_the_next_claim_of_its_stream_alone(redis_proc, tmp_path):
+    """The stream is stopped on this worker and taken again at once, while its old decoder
+    thread is still on its way out: that decoder's last actions (its file is done, its
+    queue closed) belong to the old claim and must not end the new one mid-file. The new
+    claim is added exactly while the old decoder reports its end (and waits 0.5 s for it)."""
+    from fpnstream.core.reports import StreamState
+    from fpnstream.devtools.feed import StandInDetector
+    from fpnstream.devtools.synthetic import write_clip
+    from fpnstream.publish.keys import stream_key
+
+    clip = write_clip(tmp_path / "c.mp4", frames=60, width=64, height=48)
+    client = redis_proc.client()
+    sink = RedisStreamSink(client, "ls", maxlen=0, model_name="stand-in")
+    pipeline = Pipeline(InProcessBackend(StandInDetector(0.05), max_inflight=2), sink, MetricsObserver(Metrics()),
+                        BatchConfig(max_size=2, max_wait_ms=5), 4, keep_open=True)
+    spec = resolve_sources([SourceConfig(uri=str(clip), id="c")])[0]
+    sink.claim("c", owner="first", restart=True)
+    pipeline.add_source(VideoDecoder(spec, DecodeConfig(), lease="first"))
+    states_after_add = []
+
+    def add_again() -> None:
+        start = sink.claim("c", owner="again")
+        pipeline.add_source(VideoDecoder(spec, DecodeConfig(), start_index=start, lease="again"))
+        states_after_add.append(start)
+
+    ledger = pipeline._ledger
+    original = ledger.source_done
+    adder = threading.Thread(target=add_again)
+
+    def source_done_while_the_stream_is_taken_again(stream_id: str) -> None:
+        if not adder.is_alive() and not states_after_add:
+            adder.start()
+            adder.join(0.5)  # with the fix the add waits for this decoder's last actions
+        original(stream_id)
+
+    ledger.source_done = source_done_while_the_stream_is_taken_again
+    pipeline.start()
+    deadline = time.monotonic() + 30
+    while client.xlen(stream_key("ls", "c")) < 6:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    pipeline.remove_source("c")
+    adder_deadline = time.monotonic() + 30
+    while not states_after_add:
+        assert time.monotonic() < adder_deadline, "the stream was not taken again"
+        time.sleep(0.01)
+    adder.join(5)
+    # The new claim has ~50 frames to go (a second and more of the stand-in): still reading.
+    assert pipeline.snapshot()["c"].state in (StreamState.STARTING, StreamState.STREAMING)
+    pipeline.seal()
+    report = pipeline.wait(threading.Event())
+    assert [decode_entry(f)["frame"] for _, f in client.xrange(stream_key("ls", "c"))] == list(range(60))
+    assert report.streams["c"].state == StreamState.FINISHED
+
+
+def test_a_batch_with_two_claims_of_a_stream_settles_the_new_claims_frames(redis_proc):
+    """A batch can hold the last frames of a stream's earlier claim here (refused by Redis)
+    beside the first of its new claim (written): only the refused ones go unaccounted."""
+    import queue
+    from concurrent.futures import Future
+
+    from fpnstream.core.frames import BatchResult, Detections, FrameMeta, StageTimes
+    from fpnstream.core.observer import PipelineObserver
+    from fpnstream.core.reports import StreamState
+    from fpnstream.publish.spool import PublishBuffer
+    from fpnstream.runtime.ledger import StreamLedger
+    from fpnstream.runtime.publisher import END, Publisher
+
+    client = redis_proc.client()
+    sink = RedisStreamSink(client, "lb", maxlen=0, model_name="m")
+    sink.claim("cam", owner="first", restart=True)
+    start = sink.claim("cam", owner="again")  # the stream came back to this worker
+    ledger = StreamLedger(PipelineObserver())
+    ledger.open("cam", live=False)
+    for _ in range(3):
+        ledger.accept("cam")
+    ledger.source_done("cam")
+    fenced = []
+    publisher = Publisher(sink, PublishBuffer(None, 100, 0), ledger, PipelineObserver(), 5.0,
+                          on_fenced=lambda sid, lease: fenced.append((sid, lease)))
+    metas = tuple(FrameMeta("cam", i, None, 1000.0, 64, 48, lease="first") for i in (start, start + 1)) + tuple(
+        FrameMeta("cam", i, None, 1000.0, 64, 48, lease="again") for i in range(start, start + 3))
+    dets = tuple(Detections.empty() for _ in metas)
+    done = queue.Queue()
+    future = Future()  # what the detector backend hands the publisher
+    future.set_result(BatchResult(metas, dets, StageTimes(0, 0, 0)))
+    done.put(future)
+    done.put(END)
+    publisher.run(done, failed=lambda: False)
+    assert fenced == [("cam", "first")]
+    report = ledger.snapshot()["cam"]
+    assert report.published == 3 and report.state == StreamState.FINISHED and ledger.backlog() == 0
+    assert [decode_entry(f)["frame"] for _, f in client.xrange("lb:detections:{cam}")] == [0, 1, 2]
