@@ -78,6 +78,7 @@ class RayPool:
         self._redis_url = redis_url
         self._actors: list = []
         self._loading: dict[int, object] = {}  # ObjectRefs of load() calls in progress
+        self._requested = False  # an autoscaler request is standing (withdrawn at close)
 
     def _sized(self) -> tuple[int, object]:
         """How many actors, and the actor class with its resources."""
@@ -194,8 +195,14 @@ class RayPool:
         from ray.autoscaler.sdk import request_resources
 
         request_resources(bundles=[{k: v for k, v in self._bundle.items() if v > 0}] * workers)
+        self._requested = workers > 0
 
     def close(self) -> None:
+        if self._requested:  # Ray keeps a request until it is replaced
+            try:
+                self.request_capacity(0)
+            except Exception as e:  # the job is ending anyway; say so, keep closing
+                log.warning("could not withdraw the autoscaler request: %s", redact_text(str(e)))
         for a in self._actors:
             try:
                 ray.kill(a)

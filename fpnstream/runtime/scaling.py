@@ -101,7 +101,8 @@ class PoolScaler:
         if self._policy.should_grow(len(workers), joining, self._pool.spare_capacity()):
             self._roster.add_worker()
         wanted = self._policy.wanted_workers(len(placements))
-        if wanted > len(workers) and wanted != self._policy.requested_workers:
+        requested = self._policy.requested_workers
+        if wanted > len(workers) and wanted != requested:
             # Declarative: Ray's autoscaler adds nodes until `wanted` workers' bundles fit
             # (a no-op without an autoscaler, e.g. a fixed cluster or a laptop).
             self._pool.request_capacity(wanted)
@@ -110,6 +111,12 @@ class PoolScaler:
             log.warning("%d streams need %d workers (%d per worker) and the cluster holds %d: asked Ray's "
                         "autoscaler for capacity", len(placements), wanted, self._policy._cfg.streams_per_worker,
                         len(workers))
+        elif requested and wanted < requested:
+            # Streams ended: a request stays until replaced, so lower it, or the autoscaler
+            # keeps nodes up for workers nobody needs any more.
+            self._pool.request_capacity(wanted)
+            self._policy.requested_workers = wanted
+            self._metrics.workers_wanted.set(wanted)
         healthy = [w.index for w in self._roster.healthy()]
         for stream_id, dst in self._policy.moves(placements, healthy):
             move(stream_id, dst)

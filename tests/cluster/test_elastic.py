@@ -54,6 +54,8 @@ def test_node_joins_gets_a_share_then_leaves_and_streams_come_back(tmp_path, cli
             proc.kill()
         assert proc.returncode == 0, err[-3000:]
         assert "starting worker 1" in err and "worker 1 joined" in err and "to balance load" in err
+        # Ray keeps a request until it is replaced: the job withdrew it, so no node stays up for it.
+        assert _autoscaler_demand(cluster.address) == []
         for p in clips:
             frames = frames_in(client, p.stem)
             record(f"node joined then left ({p.stem})", **exactly_once(frames, FRAMES), frames_before_join=moved_at[p.stem])
