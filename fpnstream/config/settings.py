@@ -13,7 +13,6 @@ from fpnstream.config.analytics import LineConfig, TrackingConfig, TrackingOverr
 
 from fpnstream.core.errors import ConfigError
 from fpnstream.core.ids import STREAM_ID
-from fpnstream.core.redact import redact_url
 
 
 class _Strict(BaseModel):
@@ -160,7 +159,8 @@ class RedisConfig(_Strict):
     url: str | None = Field(default=None, description="None: start an embedded redis-server")
     prefix: str = Field(default="fpnstream", min_length=1, pattern=r"^[A-Za-z0-9_.:\-]+$")
     cluster: bool | None = Field(default=None, description="speak Redis Cluster: true, false, or null = ask the server")
-    maxlen: int = Field(default=100_000, ge=0, description="approximate MAXLEN per stream; 0 = no trimming")
+    maxlen: int = Field(default=100_000, ge=0, le=2**63 - 1,  # what Redis takes; beyond, every XADD fails
+                        description="approximate MAXLEN per stream; 0 = no trimming")
     embedded_dir: str = ".fpnstream/redis"
     socket_timeout_s: float = Field(default=10.0, gt=0)
     buffer_frames: int = Field(default=10_000, ge=0, description="results kept in memory while Redis is down")
@@ -172,7 +172,8 @@ class RedisConfig(_Strict):
     @classmethod
     def _scheme(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"redis url {redact_url(v)!r} must start with redis://, rediss:// or unix://")
+            # Not echoed: without "://" the pattern cannot tell a password in it.
+            raise ValueError("the redis url must start with redis://, rediss:// or unix://")
         return v
 
 

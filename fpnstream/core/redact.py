@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 
 # scheme://user:password@host -> scheme://***@host ; also catches URLs embedded in messages.
-# Greedy up to the last "@" before the path or a space: a password typed with a raw "@",
-# "#" or "?" (which belong percent-encoded) is still all user-info to a camera's firmware.
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/\s]*)@")
+# Greedy up to the last "@" before a space: a password typed with a raw "@", "/", "#" or
+# "?" (which belong percent-encoded) is still all user-info to a camera's firmware. An "@"
+# later in a URL's path or query hides a little more than needed: the safe side.
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>\S*)@")
+# Credentials in a query: redis-py reads unix:///path?password=..., so do others.
+_QUERY_SECRET = re.compile(r"(?P<key>[?&](?:password|passwd|pass|pwd|token|secret)=)[^&\s]*", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
@@ -19,5 +22,13 @@ def redact_url(url: str) -> str:
 
 
 def redact_text(text: str) -> str:
-    """Redact user-info of every URL that appears inside free text (e.g. FFmpeg error messages)."""
-    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
+    """Redact user-info and query credentials of every URL inside free text (e.g. FFmpeg
+    error messages)."""
+    text = _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m.group('key')}***", text)
+
+
+def userinfo(url: str) -> str | None:
+    """The user-info of `url` as `redact_url` sees it ("user:password"), None without one."""
+    m = _USERINFO.match(url.strip())
+    return None if m is None else m.group("userinfo")

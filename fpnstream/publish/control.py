@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import redis
 
 from fpnstream.core.errors import ConfigError
-from fpnstream.core.redact import redact_url
+from fpnstream.core.redact import userinfo
 from fpnstream.publish.connection import is_cluster
 from fpnstream.publish.keys import control_key, keys_of_stream, legacy_key, status_key, streams_key
 
@@ -31,7 +31,8 @@ def expand_env(uri: str, environ: Mapping[str, str]) -> str:
 def send_add(client: redis.Redis, prefix: str, stream_id: str | None, uri: str, fps: float | None,
              analytics: dict[str, Any] | None = None) -> str:
     """`analytics`: the stream's `tracking`, `zones` and `lines` (as in a config file)."""
-    if redact_url(uri) != uri and not _ENV_REF.search(uri.split("@")[0]):
+    password = (userinfo(uri) or "").partition(":")[2]
+    if password and not re.fullmatch(rf"(?:{_ENV_REF.pattern})+", password):  # only ${VAR}s travel
         raise ConfigError(
             "refusing to send a password through Redis: write it as ${VAR} in the URI "
             "(e.g. rtsp://viewer:${CAM_PASS}@host/x) and set VAR in the job's environment"

@@ -64,7 +64,7 @@ def default_stream_id(uri: str) -> str:
         stem = SourceSpec("x", uri, False).path.stem
         base = stem
     else:
-        parts = urlsplit(uri)
+        parts = urlsplit(redact_url(uri))  # urlsplit alone misreads a raw "/" or "#" in a password
         base = "-".join(p for p in [parts.hostname or "", parts.path.strip("/")] if p)
     cleaned = _UNSAFE.sub("_", base).strip("_.-")
     return (cleaned or "stream")[:128]

@@ -19,7 +19,7 @@ def test_passwords_with_raw_separators_are_redacted():
     # Typed as cameras' web pages accept them: not percent-encoded.
     for url, kept in [("rtsp://admin:pa#ss@cam/x", "rtsp://***@cam/x"), ("redis://:se#cret@h:6379/0", "redis://***@h:6379/0"),
                       ("rtsp://admin:pa?ss@cam/x", "rtsp://***@cam/x"), ("rtsp://admin:p@ss@cam:554/x", "rtsp://***@cam:554/x"),
-                      ("redis://:p@ss?@h/0", "redis://***@h/0")]:
+                      ("redis://:p@ss?@h/0", "redis://***@h/0"), ("rtsp://camuser:pa55/w@127.0.0.1:1/s", "rtsp://***@127.0.0.1:1/s")]:
         assert redact_url(url) == kept, url
         assert redact_text(f"cannot open {url}: refused") == f"cannot open {kept}: refused", url
 
@@ -27,4 +27,11 @@ def test_passwords_with_raw_separators_are_redacted():
 def test_text_without_user_info_is_unchanged():
     assert redact_text("mail ops@example.org") == "mail ops@example.org"
     assert redact_text("rtsp://cam:554/live user@example.org") == "rtsp://cam:554/live user@example.org"
-    assert redact_url("rtsp://cam/live?token=a") == "rtsp://cam/live?token=a"
+    assert redact_url("rtsp://cam/live?channel=1") == "rtsp://cam/live?channel=1"
+
+
+def test_query_credentials_are_redacted():
+    # The value runs to the next "&" or space (a password may hold ":"), so its colon goes too.
+    assert redact_text("cannot reach Redis at unix:///tmp/r.sock?password=s3:cr3t: refused") == \
+        "cannot reach Redis at unix:///tmp/r.sock?password=*** refused"
+    assert redact_url("rtsp://cam/live?user=a&Token=abc&x=1") == "rtsp://cam/live?user=a&Token=***&x=1"

@@ -24,12 +24,14 @@ def test_equals_inside_uri_is_not_an_id():
         ("file:///data/lobby.mkv", "lobby"),
         ("rtsp://admin:hunter2@10.0.0.5:554/Streaming/101", "10.0.0.5-Streaming_101"),
         ("rtsp://cam.local/", "cam.local"),
+        ("rtsp://admin:hun/ter2@10.0.0.5/live", "10.0.0.5-live"),  # a raw "/" in the password
+        ("rtsp://admin:hun#ter2@10.0.0.5/live", "10.0.0.5-live"),
     ],
 )
 def test_default_ids_are_readable_and_secret_free(uri, expected):
     sid = default_stream_id(uri)
     assert sid == expected
-    assert "hunter2" not in sid and "admin" not in sid
+    assert "hun" not in sid and "ter2" not in sid and "admin" not in sid
 
 
 def test_duplicate_defaults_get_suffix_and_live_detected():

@@ -1,0 +1,32 @@
+"""The control channel's writer side against a real redis-server: only ${VAR} passwords travel."""
+
+from __future__ import annotations
+
+import pytest
+
+from fpnstream.core.errors import ConfigError
+from fpnstream.publish.control import send_add
+
+
+@pytest.mark.parametrize("uri", [
+    "rtsp://viewer:secret@cam/x",
+    "rtsp://viewer:pa55/w@127.0.0.1:1/x",  # a raw "/" ended the user-info for urlsplit
+    "rtsp://${CAM_USER}:campass@cam/x",  # an env ref for the user only
+    "rtsp://viewer:${CAM_PASS}literal@cam/x",
+    "rtsp://viewer:p@ss@cam/x",
+])
+def test_a_literal_password_is_never_written_to_redis(redis_proc, uri):
+    client = redis_proc.client()
+    with pytest.raises(ConfigError, match="refusing to send a password"):
+        send_add(client, "ctl", "cam", uri, None)
+    assert not client.exists("ctl:control")
+
+
+@pytest.mark.parametrize("uri", ["rtsp://viewer:${CAM_PASS}@cam/x", "rtsp://${U}:${P}@cam/x", "rtsp://cam/x",
+                                 "rtsp://viewer@cam/x", "/data/a.mp4"])
+def test_env_refs_and_no_password_are_sent(redis_proc, uri):
+    client = redis_proc.client()
+    send_add(client, "ctl2", "cam", uri, None)
+    (_, fields), = client.xrange("ctl2:control")
+    assert fields[b"uri"] == uri.encode()
+    client.delete("ctl2:control")
