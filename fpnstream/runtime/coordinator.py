@@ -71,6 +71,18 @@ def _row(sid: str, s: _Stream) -> StreamRow:
     return StreamRow(sid, state, s.worker, done, rep.total, rep.fps, rep.latency_s, dict(rep.dropped))
 
 
+def _source_of(cmd: dict[str, str]) -> SourceConfig:
+    """The stream an `add` command asks for. Anyone who can write to Redis can send one:
+    its analytics are data (JSON, validated like a config file) and set nothing else."""
+    fps = float(cmd["fps"]) if cmd.get("fps") else None
+    analytics = json.loads(cmd["analytics"]) if cmd.get("analytics") else {}
+    if not isinstance(analytics, dict):
+        raise ValueError("analytics must be a JSON object")
+    if clash := sorted({"uri", "id", "fps"} & analytics.keys()):
+        raise ValueError(f"analytics may not set {', '.join(clash)}")
+    return SourceConfig(uri=cmd["uri"], id=cmd.get("id") or None, fps=fps, **analytics)
+
+
 class Coordinator:
     def __init__(self, cfg: AppConfig, pool: WorkerPool, board: StatusBoard, driver_metrics: DriverMetrics,
                  on_worker_metrics: Callable[[int, str], None] = lambda i, text: None,
@@ -212,13 +224,7 @@ class Coordinator:
         op = cmd.get("op")
         try:
             if op == "add":
-                fps = float(cmd["fps"]) if cmd.get("fps") else None
-                analytics = json.loads(cmd["analytics"]) if cmd.get("analytics") else {}  # data only, validated
-                if not isinstance(analytics, dict):
-                    raise ValueError("analytics must be a JSON object")
-                if clash := sorted({"uri", "id", "fps"} & analytics.keys()):
-                    raise ValueError(f"analytics may not set {', '.join(clash)}")
-                added = self.add_streams([SourceConfig(uri=cmd["uri"], id=cmd.get("id") or None, fps=fps, **analytics)])
+                added = self.add_streams([_source_of(cmd)])
                 log.info("control: added stream(s) %s", ", ".join(added))
             elif op == "remove":
                 if self.remove_stream(cmd.get("id", "")):
