@@ -13,6 +13,7 @@ from typing import Any
 from fpnstream.cli.logs import setup_logging
 from fpnstream.cli.parser import run_overrides
 from fpnstream.cli.status_view import status_view
+from fpnstream.core.failpoints import Failpoints
 
 log = logging.getLogger("fpnstream")
 
@@ -32,6 +33,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     from fpnstream.config.settings import load_config
 
     cfg = load_config(a.config, run_overrides(a))
+    # Workers read the failpoints (test instrumentation) as they load; a spec they cannot
+    # follow fails here, once, not in every worker as it is restarted.
+    Failpoints.from_environ(os.environ)
     from fpnstream.job import run_job
 
     handler = setup_logging(cfg.log_level)

@@ -50,8 +50,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
         raise ConfigError("bench: clips, frames, batch size and size must be positive")
     if a.rounds < 1:
         raise ConfigError("bench: --rounds must be at least 1")
-    if not 0 <= a.load <= 1 or a.load_seconds <= 0:
-        raise ConfigError("bench: --load must be within 0..1 and --load-seconds > 0")
+    if not 0 <= a.load <= 1 or not 0 < a.load_seconds <= 3600:
+        raise ConfigError("bench: --load must be within 0..1 and --load-seconds within 0..3600 (> 0)")
+    if Path(a.out).exists() and not Path(a.out).is_dir():
+        raise ConfigError(f"bench: --out {a.out} is a file; give a folder for bench.json, bench.md, bench.png")
     setup_logging("WARNING")
     if a.feed:
         from fpnstream.devtools.feed import feed_bench, feed_markdown

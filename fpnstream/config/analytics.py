@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -12,7 +14,7 @@ Point = tuple[float, float]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # The parameters each algorithm of the `trackers` library takes (its own names and defaults
@@ -101,4 +103,6 @@ def _point(text: str) -> Point:
         x, y = (float(v) for v in text.split(","))
     except ValueError:
         raise ValueError(f"point {text!r} is not x,y") from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise ValueError(f"point {text!r} is not finite")
     return x, y

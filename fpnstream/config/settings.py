@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -12,11 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fpnstream.config.analytics import LineConfig, TrackingConfig, TrackingOverride, ZoneConfig
 
 from fpnstream.core.errors import ConfigError
+from fpnstream.core.redact import redact_url
 from fpnstream.core.ids import STREAM_ID
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf/NaN anywhere: a timeout of inf overflows time_t, a NaN compares false to every bound.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SourceConfig(_Strict):
@@ -115,10 +118,13 @@ class ModelConfig(_Strict):
     @field_validator("warmup_sizes", mode="before")
     @classmethod
     def _sizes(cls, v: Any) -> Any:
+        if v is not None and not isinstance(v, (str, list, tuple)):
+            raise ValueError("warmup_sizes is a list of WxH sizes, e.g. [1280x720]")
         items = [v] if isinstance(v, str) else list(v or ())
         for item in items:
             w, _, h = str(item).partition("x")
-            if not (w.isdigit() and h.isdigit() and 0 < int(w) <= 8192 and 0 < int(h) <= 8192):
+            digits = w.isascii() and h.isascii() and w.isdigit() and h.isdigit()
+            if not (digits and 0 < int(w) <= 8192 and 0 < int(h) <= 8192):
                 raise ValueError(f"frame size {item!r} is not WxH, e.g. 1280x720")
         return tuple(str(i) for i in items)
 
@@ -162,7 +168,7 @@ class RedisConfig(_Strict):
     maxlen: int = Field(default=100_000, ge=0, le=2**63 - 1,  # what Redis takes; beyond, every XADD fails
                         description="approximate MAXLEN per stream; 0 = no trimming")
     embedded_dir: str = ".fpnstream/redis"
-    socket_timeout_s: float = Field(default=10.0, gt=0)
+    socket_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     buffer_frames: int = Field(default=10_000, ge=0, description="results kept in memory while Redis is down")
     spool_dir: str | None = Field(default=".fpnstream/spool", description="beyond buffer_frames, results go here")
     spool_max_mb: float = Field(default=1024.0, ge=0, description="disk spool cap; past it results are dropped (counted)")
@@ -174,6 +180,13 @@ class RedisConfig(_Strict):
         if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
             # Not echoed: without "://" the pattern cannot tell a password in it.
             raise ValueError("the redis url must start with redis://, rediss:// or unix://")
+        if v is not None and not v.startswith("unix://"):
+            try:
+                db = urlsplit(redact_url(v)).path.strip("/")
+            except ValueError:  # a malformed host: connect() says what is wrong with it
+                db = ""
+            if db and not db.isdigit():  # redis-py would ignore it and write to database 0
+                raise ValueError(f"the redis url's database must be a number, not {db!r}: {redact_url(v)}")
         return v
 
 
@@ -255,6 +268,14 @@ def build_config(raw: dict[str, Any]) -> AppConfig:
         return AppConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError("invalid config: " + _one_line(e)) from None
+
+
+def make_source(**fields: Any) -> SourceConfig:
+    """A source from the command line: ConfigError (one line) if it is not valid."""
+    try:
+        return SourceConfig(**fields)
+    except ValidationError as e:
+        raise ConfigError("invalid source: " + _one_line(e)) from None
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> AppConfig:

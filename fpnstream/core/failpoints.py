@@ -15,15 +15,27 @@ import os
 import threading
 from typing import Mapping
 
+from fpnstream.core.errors import ConfigError
+
 ENV = "FPNSTREAM_FAILPOINTS"
+
+
+KNOWN = ("detector.hang", "detector.crash")
 
 
 class Failpoints:
     def __init__(self, spec: str = "") -> None:
+        """Raises ConfigError for a spec it cannot follow: a failpoint that never fires as
+        asked would make a fault test pass for the wrong reason, or loop a worker forever."""
         self._points: dict[str, dict[str, str]] = {}
         for item in filter(None, (p.strip() for p in spec.split(";"))):
             name, *opts = item.split(":")
-            self._points[name] = dict(o.split("=", 1) for o in opts if "=" in o)
+            if name not in KNOWN:
+                raise ConfigError(f"{ENV}: unknown failpoint {name!r} (known: {', '.join(KNOWN)})")
+            parsed = dict(o.partition("=")[::2] for o in opts)
+            if not set(parsed) <= {"after", "once"} or not parsed.get("after", "0").isdigit() or "" in parsed.values():
+                raise ConfigError(f"{ENV}: {item!r}: options are after=N (a count) and once=PATH")
+            self._points[name] = parsed
         self._hits: dict[str, int] = {}
         self._lock = threading.Lock()
 

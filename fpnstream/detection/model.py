@@ -83,6 +83,8 @@ def _read_labels(path: str) -> list[str]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise ModelError(f"cannot read labels file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ModelError(f"labels file {path} is not UTF-8 text (one class name per line)") from None
     return [ln.strip() for ln in lines if ln.strip()]
 
 

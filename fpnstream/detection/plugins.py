@@ -29,7 +29,10 @@ def load_detector(cfg: ModelConfig, max_batch: int = 1):
         raise ModelError(f"model.plugin {cfg.plugin}: cannot import {module_name}: {e}") from None
     except AttributeError:
         raise ModelError(f"model.plugin {cfg.plugin}: {module_name} has no {attr}") from None
-    detector = factory(cfg, max_batch)
+    try:
+        detector = factory(cfg, max_batch)
+    except TypeError as e:  # not a factory of (ModelConfig, max_batch)
+        raise ModelError(f"model.plugin {cfg.plugin}: cannot be called as factory(cfg, max_batch): {e}") from None
     missing = [a for a in _SHAPE if not hasattr(detector, a)]
     if missing:
         raise ModelError(f"model.plugin {cfg.plugin}: its detector lacks {', '.join(missing)}")

@@ -32,7 +32,10 @@ def connect(url: str, socket_timeout_s: float = 10.0, cluster: bool | None = Non
     `cluster`: speak Redis Cluster (True), a single server (False), or ask the server
     (None: `INFO cluster`), so a URL naming any node of a cluster just works."""
     shown = redact_url(url)
-    has_password = urlsplit(url).password is not None
+    try:
+        has_password = urlsplit(url).password is not None
+    except ValueError as e:  # e.g. an unclosed [ of an IPv6 literal
+        raise SinkError(f"bad Redis URL {shown}: {redact_text(str(e))}") from None
     if cluster and url.startswith("unix://"):
         raise SinkError(_UNIX_CLUSTER)
     try:

@@ -9,7 +9,7 @@ from typing import Iterable
 from urllib.parse import unquote, urlsplit
 
 from fpnstream.config.analytics import LineConfig, TrackingOverride, ZoneConfig
-from fpnstream.config.settings import SourceConfig
+from fpnstream.config.settings import SourceConfig, make_source
 from fpnstream.core.errors import SourceError
 from fpnstream.core.ids import STREAM_ID
 from fpnstream.core.redact import redact_url
@@ -48,8 +48,8 @@ def parse_source_arg(arg: str) -> SourceConfig:
     """
     m = _ID_PREFIX.match(arg)
     if m and not any(c in m.group("id") for c in ":/"):
-        return SourceConfig(id=m.group("id"), uri=m.group("uri"))
-    return SourceConfig(uri=arg)
+        return make_source(id=m.group("id"), uri=m.group("uri"))
+    return make_source(uri=arg)
 
 
 def _scheme(uri: str) -> str:

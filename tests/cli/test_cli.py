@@ -139,6 +139,8 @@ def test_live_rtsp_runs_until_sigint_then_drains(rtsp_url, redis_proc, small_che
         (["--redis-url", "http://h:1", "--source", "x.mp4"], "must start with redis://"),
         (["--fps", "5"], "--fps applies to --source"),
         ([], "no sources"),
+        (["--source", ""], "invalid source: uri"),
+        (["--source", "x.mp4", "--redis-url", "redis:/:topsecret@127.0.0.1:6379"], "must start with redis://"),
     ],
 )
 def test_bad_input_one_clear_line(args, fragment):
@@ -156,6 +158,14 @@ def test_unreachable_services_and_secrets(clips):
     proc = run_cli("run", "--source", f"cam=rtsp://admin:pa55word@127.0.0.1:{free_port()}/x", "--metrics-port", "0")
     assert_clean_error(proc, "source cam: cannot open rtsp://***@127.0.0.1")
     assert "pa55word" not in proc.stderr
+    # Typed raw, as camera pages take them: a "/" in the password ended the user-info before.
+    proc = run_cli("run", "--source", f"rtsp://admin:pa55/word@127.0.0.1:{free_port()}/x", "--metrics-port", "0")
+    assert_clean_error(proc, "source 127.0.0.1-x: cannot open rtsp://***@127.0.0.1")
+    assert "pa55" not in proc.stderr and "admin" not in proc.stderr
+    for url in ["redis://:pa55word@[::1:6379/0", "unix:///tmp/fpnstream-none.sock?password=pa55word"]:
+        proc = run_cli("run", "--source", str(clips["mp4_h264"]), "--metrics-port", "0", "--redis-url", url)
+        assert_clean_error(proc, "Redis")
+        assert "pa55word" not in proc.stderr, url
 
 
 def test_wrong_redis_password(tmp_path, clips):

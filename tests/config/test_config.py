@@ -39,6 +39,15 @@ def test_classes_accept_comma_string():
         ({"batch": {"max_size": 0}}, "batch.max_size"),
         ({"redis": {"url": "http://x"}}, "must start with redis://"),
         ({"sources": [{"uri": "a", "id": "has space"}]}, "sources.0.id"),
+        ({"model": {"warmup_sizes": 5}}, "warmup_sizes is a list of WxH sizes"),
+        ({"model": {"warmup_sizes": ["６４x４８"]}}, "is not WxH"),
+        ({"redis": {"socket_timeout_s": float("inf")}}, "redis.socket_timeout_s: Input should be a finite number"),
+        ({"redis": {"socket_timeout_s": 1e12}}, "redis.socket_timeout_s"),
+        ({"batch": {"max_wait_ms": float("nan")}}, "batch.max_wait_ms"),
+        ({"redis": {"maxlen": 10**20}}, "redis.maxlen"),  # beyond what XADD takes: every publish failed
+        ({"redis": {"url": "redis://:pw@h:6379/abc"}}, "database must be a number, not 'abc'"),
+        ({"sources": [{"uri": "a", "zones": [{"name": "z", "polygon": [[0, 0], [float("nan"), 0], [1, 1]]}]}]},
+         "sources.0.zones.0.polygon"),
     ],
 )
 def test_invalid_values_give_one_line(raw, fragment):

@@ -87,6 +87,9 @@ def test_checkpoint_with_embedded_names_and_labels_file(tmp_path, small_checkpoi
     labels.write_text("a\nb\n")
     with pytest.raises(ModelError, match="2 class names given for a model with 4 classes"):
         build_model(ModelConfig(name=SMALL_MODEL, weights=str(ckpt), labels=str(labels)))
+    labels.write_bytes(b"truck\n\xff\xfe\n")
+    with pytest.raises(ModelError, match="is not UTF-8 text"):
+        build_model(ModelConfig(name=SMALL_MODEL, weights=str(ckpt), labels=str(labels)))
 
 
 def test_checkpoint_for_other_architecture_rejected(small_checkpoint):

@@ -20,6 +20,7 @@ def not_a_detector(cfg, max_batch):
     ("nosuch_module_x:factory", "cannot import nosuch_module_x"),
     ("fpnstream.devtools.blobs:nope", "has no nope"),
     ("tests.detection.test_plugins:not_a_detector", "lacks detect, lanes, model_name, device"),
+    ("os:getcwd", "cannot be called as factory"),  # a callable, but not of (cfg, max_batch)
 ])
 def test_a_bad_plugin_is_one_clear_error(plugin, message):
     with pytest.raises(ModelError, match=message):

@@ -59,3 +59,14 @@ def test_bench_runs_without_ray_and_without_a_redis_server_on_path(tmp_path):
     assert [r["name"] for r in doc["results"]] == ["baseline (naive loop)", "pipeline, in-process"]
     assert doc["results"][1]["frames"] == 3
     assert "Ray is not installed" in proc.stderr
+
+
+def test_bench_refuses_bad_arguments_before_any_work(tmp_path):
+    from tests.cli.test_cli import assert_clean_error
+
+    a_file = tmp_path / "a.txt"
+    a_file.write_text("not a folder")
+    for args, fragment in [(["--load-seconds", "nan"], "--load-seconds within"), (["--load-seconds", "inf"], "--load-seconds within"),
+                           (["--out", str(a_file)], "is a file; give a folder")]:
+        proc = run_cli("bench", "--clips", "1", "--frames", "1", "--size", "32x32", "--no-ray", "--device", "cpu", *args)
+        assert_clean_error(proc, fragment)
