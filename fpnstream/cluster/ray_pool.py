@@ -136,9 +136,19 @@ class RayPool:
         return out
 
     def assign(self, index: int, spec: SourceSpec, owner: str, restart: bool) -> Assignment:
+        ref = self._actors[index].assign.remote(spec, owner, restart)
         try:
-            return ray.get(self._actors[index].assign.remote(spec, owner, restart), timeout=30)
-        except (RayActorError, GetTimeoutError) as e:
+            return ray.get(ref, timeout=30)
+        except GetTimeoutError:
+            # The stream goes to another worker now. A claim still queued on this one must
+            # never run: it would fence the new owner, whose reports then read "moved".
+            # (Ray drops a queued actor task; one already running is not interrupted.)
+            try:
+                ray.cancel(ref)
+            except Exception as e:
+                log.warning("could not cancel a timed-out claim of %s: %s", spec.stream_id, redact_text(str(e)))
+            raise WorkerGone("GetTimeoutError") from None
+        except RayActorError as e:
             raise WorkerGone(type(e).__name__) from None
         except RayTaskError as e:
             raise ClaimFailed(redact_text(str(_cause(e)))) from None
