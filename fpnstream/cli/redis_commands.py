@@ -68,8 +68,8 @@ def cmd_streams(a: argparse.Namespace) -> int:
         prefix = cfg.redis.prefix
         if a.streams_command == "add":
             src = parse_source_arg(a.source)
-            if a.fps is not None and a.fps <= 0:
-                raise ConfigError("--fps must be > 0")
+            if a.fps is not None and not 0 < a.fps <= 1000:  # as sources[].fps; NaN fails too
+                raise ConfigError("--fps must be within 0..1000 (> 0)")
             analytics = stream_analytics(a.zone, a.line, a.track)
             send_add(client, prefix, src.id, src.uri, a.fps, analytics)
             print(f"fpnstream: asked the job to add {redact_text(src.uri)}", file=sys.stderr)
@@ -94,8 +94,8 @@ def cmd_tail(a: argparse.Namespace) -> int:
     from fpnstream.publish.keys import stream_key, stream_keys_glob
     from fpnstream.publish.schema import SchemaError, decode_entry
 
-    if a.count < 0:
-        raise ConfigError("--count must be >= 0")
+    if not 0 <= a.count <= 1_000_000:
+        raise ConfigError("--count must be within 0..1000000")
     if (a.consumer or a.start) and not a.group:
         raise ConfigError("--consumer and --start need --group")
     with _redis_session(a) as (client, cfg):

@@ -132,7 +132,10 @@ class ModelConfig(_Strict):
     @classmethod
     def _split_classes(cls, v: Any) -> Any:
         if isinstance(v, str):
-            return tuple(c.strip() for c in v.split(",") if c.strip())
+            names = tuple(c.strip() for c in v.split(",") if c.strip())
+            if not names:  # an empty allow-list would read as "every class"
+                raise ValueError(f"no class names in {v!r}; give e.g. person,car")
+            return names
         return v
 
 

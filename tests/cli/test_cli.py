@@ -212,6 +212,9 @@ def test_synth_writes_a_decodable_clip(tmp_path):
         (["--zone", "door:0,0;10,0;oops"], "point 'oops' is not x,y"),
         (["--line", "gate:0,0;0,0"], "start and end are the same point"),
         (["--line", "a b:0,0;5,5"], "name"),
+        (["--zone", "z:nan,0;10,0;10,10"], "point 'nan,0' is not finite"),
+        (["--fps", "nan"], "--fps must be within 0..1000"),
+        (["--fps", "1e9"], "--fps must be within 0..1000"),
     ],
 )
 def test_streams_add_rejects_bad_zones_and_lines_in_one_line(redis_proc, extra, fragment):

@@ -46,6 +46,7 @@ def test_classes_accept_comma_string():
         ({"batch": {"max_wait_ms": float("nan")}}, "batch.max_wait_ms"),
         ({"redis": {"maxlen": 10**20}}, "redis.maxlen"),  # beyond what XADD takes: every publish failed
         ({"redis": {"url": "redis://:pw@h:6379/abc"}}, "database must be a number, not 'abc'"),
+        ({"model": {"classes": ",,,"}}, "no class names"),
         ({"sources": [{"uri": "a", "zones": [{"name": "z", "polygon": [[0, 0], [float("nan"), 0], [1, 1]]}]}]},
          "sources.0.zones.0.polygon"),
     ],
