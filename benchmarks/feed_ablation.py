@@ -58,7 +58,7 @@ def main() -> None:
         n = clips * a.frames
         decode_alone(paths)
         with EmbeddedRedis(Path(tmp) / "redis") as server:
-            pid = server._proc.pid
+            pid = server.pid
             pipeline_fed(paths, 8, 0.002, server.url)  # imports, first use
             alone, fed, cpu_alone, cpu_fed, cpu_server = [], [], [], [], []
             for _ in range(a.rounds):

@@ -101,7 +101,7 @@ def main() -> None:
         decode_alone(paths)  # page cache, PyAV's first use
         with EmbeddedRedis(Path(tmp) / "redis") as server:
             pipeline_fed(paths, a.batch_size, 0.002, server.url)  # the pipeline's imports and first use
-            pid = server._proc.pid  # a measuring aid: reads the embedded server's process
+            pid = server.pid
             for r in range(a.rounds):
                 alone, per_alone = measure(lambda: decode_alone(paths), pid, n)
                 fed, per_fed = measure(lambda: pipeline_fed(paths, a.batch_size, 0.002, server.url)[0], pid, n)

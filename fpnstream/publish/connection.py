@@ -180,6 +180,11 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id (benchmarks read its CPU time); None when not started here."""
+        return self._proc.pid if self._proc is not None else None
+
     def _port_file(self) -> Path:
         return self.data_dir / "redis.port"
 
