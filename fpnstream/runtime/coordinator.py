@@ -71,6 +71,22 @@ def _row(sid: str, s: _Stream) -> StreamRow:
     return StreamRow(sid, state, s.worker, done, rep.total, rep.fps, rep.latency_s, dict(rep.dropped))
 
 
+def _take_report(s: _Stream, index: int, rep: StreamReport) -> None:
+    """Worker `index`'s report on stream `s`; one from a worker that is not its owner is old news."""
+    if s.worker != index:
+        return
+    if rep.state == StreamState.MOVED:
+        # Fenced while it is the owner: by a claim this coordinator did not make last (one it
+        # gave up on that ran after all, or a writer outside the job). Left so, the stream
+        # would never end; claimed again (`_rebalance`), it resumes after its last frame.
+        if s.ended is None:
+            s.worker, s.displaced = None, f"worker {index} fenced by another claim"
+        return
+    s.report = rep
+    if rep.state.ended and s.ended is None:
+        s.ended = rep.state
+
+
 def _source_of(cmd: dict[str, str]) -> SourceConfig:
     """The stream an `add` command asks for. Anyone who can write to Redis can send one:
     its analytics are data (JSON, validated like a config file) and set nothing else."""
@@ -179,11 +195,8 @@ class Coordinator:
 
     def _take_reports(self, index: int, st: WorkerStatus) -> None:
         for sid, rep in st.streams.items():
-            s = self._streams.get(sid)
-            if s is not None and s.worker == index and rep.state != StreamState.MOVED:
-                s.report = rep
-                if rep.state.ended and s.ended is None:
-                    s.ended = rep.state
+            if (s := self._streams.get(sid)) is not None:
+                _take_report(s, index, rep)
 
     def _move(self, stream_id: str, dst: int) -> bool:
         """A graceful hand-off to balance load: the old worker stops reading (what it decoded
