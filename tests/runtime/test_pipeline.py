@@ -156,23 +156,31 @@ def test_a_failing_source_affects_only_its_stream(detector, redis_proc, clips):
     assert client.xlen("p:detections:{bad}") == 0
 
 
+def first_claim_on_a_stand_in(client, tmp_path, prefix, batch_s, queue_size):
+    """A worker's pipeline (streams come and go) on the zero-cost stand-in detector, reading a
+    60-frame clip as stream "c" under the claim "first"; not started."""
+    from fpnstream.devtools.feed import StandInDetector
+    from fpnstream.devtools.synthetic import write_clip
+
+    clip = write_clip(tmp_path / "c.mp4", frames=60, width=64, height=48)
+    sink = RedisStreamSink(client, prefix, maxlen=0, model_name="stand-in")
+    pipeline = Pipeline(InProcessBackend(StandInDetector(batch_s), max_inflight=2), sink, MetricsObserver(Metrics()),
+                        BatchConfig(max_size=2, max_wait_ms=5), queue_size, keep_open=True)
+    spec = resolve_sources([SourceConfig(uri=str(clip), id="c")])[0]
+    sink.claim("c", owner="first", restart=True)
+    pipeline.add_source(VideoDecoder(spec, DecodeConfig(), lease="first"))
+    return pipeline, sink, spec
+
+
 def test_stream_back_on_its_worker_while_old_frames_drain_loses_nothing(redis_proc, tmp_path):
     """A worker's claim is fenced (the stream moved away) and the stream comes back to it
     while batches of the old claim are still detecting: those stay fenced (they carry the
     old lease), so the resume point never jumps past frames the new claim has to publish."""
     from fpnstream.core.reports import StreamState
-    from fpnstream.devtools.feed import StandInDetector
-    from fpnstream.devtools.synthetic import write_clip
     from fpnstream.publish.keys import stream_key
 
-    clip = write_clip(tmp_path / "c.mp4", frames=60, width=64, height=48)
     client = redis_proc.client()
-    sink = RedisStreamSink(client, "lz", maxlen=0, model_name="stand-in")
-    pipeline = Pipeline(InProcessBackend(StandInDetector(0.15), max_inflight=2), sink, MetricsObserver(Metrics()),
-                        BatchConfig(max_size=2, max_wait_ms=5), 16, keep_open=True)
-    spec = resolve_sources([SourceConfig(uri=str(clip), id="c")])[0]
-    sink.claim("c", owner="first", restart=True)
-    pipeline.add_source(VideoDecoder(spec, DecodeConfig(), lease="first"))
+    pipeline, sink, spec = first_claim_on_a_stand_in(client, tmp_path, "lz", batch_s=0.15, queue_size=16)
     pipeline.start()
     deadline = time.monotonic() + 30
     while client.xlen(stream_key("lz", "c")) < 6:
@@ -196,18 +204,10 @@ def test_a_stopping_decoder_leaves_the_next_claim_of_its_stream_alone(redis_proc
     queue closed) belong to the old claim and must not end the new one mid-file. The new
     claim is added exactly while the old decoder reports its end (and waits 0.5 s for it)."""
     from fpnstream.core.reports import StreamState
-    from fpnstream.devtools.feed import StandInDetector
-    from fpnstream.devtools.synthetic import write_clip
     from fpnstream.publish.keys import stream_key
 
-    clip = write_clip(tmp_path / "c.mp4", frames=60, width=64, height=48)
     client = redis_proc.client()
-    sink = RedisStreamSink(client, "ls", maxlen=0, model_name="stand-in")
-    pipeline = Pipeline(InProcessBackend(StandInDetector(0.05), max_inflight=2), sink, MetricsObserver(Metrics()),
-                        BatchConfig(max_size=2, max_wait_ms=5), 4, keep_open=True)
-    spec = resolve_sources([SourceConfig(uri=str(clip), id="c")])[0]
-    sink.claim("c", owner="first", restart=True)
-    pipeline.add_source(VideoDecoder(spec, DecodeConfig(), lease="first"))
+    pipeline, sink, spec = first_claim_on_a_stand_in(client, tmp_path, "ls", batch_s=0.05, queue_size=4)
     states_after_add = []
 
     def add_again() -> None:
