@@ -107,6 +107,8 @@ def cmd_synth(a: argparse.Namespace) -> int:
     w, h = _parse_size(a.size)
     if not (16 <= w <= 8192 and 16 <= h <= 8192) or a.frames < 1 or a.fps < 1:
         raise ConfigError("synth: size must be 16..8192 per side, frames and fps >= 1")
+    if w % 2 or h % 2:  # synth writes 4:2:0 video, whose chroma halves each side
+        raise ConfigError(f"synth: width and height must be even (4:2:0 video), not {w}x{h}")
     try:
         path = write_clip(a.out, frames=a.frames, width=w, height=h, fps=a.fps, codec=a.codec)
     except Exception as e:  # PyAV: unknown codec, unwritable folder

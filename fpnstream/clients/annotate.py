@@ -116,8 +116,12 @@ def annotate(client: redis.Redis, prefix: str, stream_id: str, source: Path, out
         raise FpnstreamError(f"--out must end in {', '.join(sorted(VIDEO_SUFFIXES))} or be a folder, not {out.name!r}")
     if sheet is None and sheet_frames > 0:
         sheet = out.with_name(out.stem + "-sheet.png") if as_video else out / "sheet.png"
+    if sheet is not None and sheet.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise FpnstreamError(f"--sheet must end in .png, .jpg or .jpeg, not {sheet.name!r}")
     try:
         (out.parent if as_video else out).mkdir(parents=True, exist_ok=True)
+        if as_video:  # fail now, not after decoding: PyAV would open it at the first frame
+            out.touch()
     except OSError as e:
         raise FpnstreamError(f"cannot create {out}: {e.strerror}") from None
 

@@ -48,6 +48,10 @@ def send_add(client: redis.Redis, prefix: str, stream_id: str | None, uri: str, 
 
 
 def send_remove(client: redis.Redis, prefix: str, stream_id: str) -> str:
+    """Ask the job to stop reading `stream_id`; ConfigError for a stream it never wrote a
+    status for (a typo would otherwise be sent, and ignored by the job)."""
+    if not client.sismember(streams_key(prefix), stream_id):
+        raise ConfigError(f"no stream {stream_id!r} under prefix {prefix!r} (`fpnstream streams` lists them)")
     return client.xadd(control_key(prefix), {"op": "remove", "id": stream_id}, maxlen=10_000, approximate=True).decode()
 
 

@@ -203,6 +203,7 @@ def test_synth_writes_a_decodable_clip(tmp_path):
     frames = reference_frames(tmp_path / "s.mkv")
     assert len(frames) == 7 and frames[0][2].shape == (64, 96, 3)
     assert_clean_error(run_cli("synth", str(tmp_path / "x.mp4"), "--size", "big"), "--size must look like")
+    assert_clean_error(run_cli("synth", str(tmp_path / "x.mp4"), "--size", "17x17"), "width and height must be even")
 
 
 @pytest.mark.parametrize(

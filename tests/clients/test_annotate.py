@@ -91,12 +91,18 @@ def test_mp4_has_every_frame_and_a_contact_sheet(published):
     (["--stream", "cam", "--out-suffix", ".avi"], "--out must end in"),
     (["--stream", "cam", "--wrong-size"], "wrong --source for this stream"),
     (["--stream", "cam", "--missing-source"], "file not found"),
+    (["--stream", "cam", "--sheet-folder"], "--sheet must end in .png"),
+    (["--stream", "cam", "--out-unwritable"], "cannot create /proc/bad.mp4"),
 ])
 def test_bad_input_one_line_error(published, args, message):
     server, clip, tmp = published
     source, out = clip, tmp / "bad.mp4"
     if "--out-suffix" in args:
         args, out = args[:2], tmp / "bad.avi"
+    if "--sheet-folder" in args:
+        args = [*args[:2], "--sheet", str(tmp)]
+    if "--out-unwritable" in args:
+        args, out = args[:2], Path("/proc/bad.mp4")
     if "--wrong-size" in args:
         args, source = args[:2], write_clip(tmp / "other.mp4", frames=3, width=160, height=120)
     if "--missing-source" in args:

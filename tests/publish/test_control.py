@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fpnstream.core.errors import ConfigError
-from fpnstream.publish.control import send_add
+from fpnstream.publish.control import send_add, send_remove
 
 
 @pytest.mark.parametrize("uri", [
@@ -30,3 +30,14 @@ def test_env_refs_and_no_password_are_sent(redis_proc, uri):
     (_, fields), = client.xrange("ctl2:control")
     assert fields[b"uri"] == uri.encode()
     client.delete("ctl2:control")
+
+
+def test_removing_a_stream_the_job_never_had_is_refused(redis_proc):
+    client = redis_proc.client()
+    for sid in ["", "typo"]:
+        with pytest.raises(ConfigError, match="no stream"):
+            send_remove(client, "ctl3", sid)
+    assert not client.exists("ctl3:control")
+    client.sadd("ctl3:streams", "cam")  # a stream the job has written a status for
+    send_remove(client, "ctl3", "cam")
+    assert client.xlen("ctl3:control") == 1
