@@ -21,6 +21,7 @@ from fpnstream.observe.merge import WorkerMetrics
 from fpnstream.observe.metrics import DriverMetrics, Metrics, serve
 from fpnstream.publish.connection import EmbeddedRedis, connect, is_cluster
 from fpnstream.publish.control import expand_env, migrate_legacy_keys
+from fpnstream.publish.job_lease import JobLease
 from fpnstream.runtime.coordinator import Coordinator
 from fpnstream.runtime.pool import LocalPool, WorkerPool
 from fpnstream.runtime.status_board import StatusBoard
@@ -68,6 +69,8 @@ def run_job(cfg: AppConfig, stop: threading.Event, environ=os.environ, metrics: 
         redis_url = _redis(cfg, stack)
         client = connect(redis_url, cfg.redis.socket_timeout_s, cfg.redis.cluster)
         stack.callback(client.close)
+        # One job per prefix, taken before anything is renamed, claimed or started.
+        stack.enter_context(JobLease(client, cfg.redis.prefix))
         # Workers connect lazily (they must load while Redis is away), so they are told.
         cfg = cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"cluster": is_cluster(client)})})
         moved = migrate_legacy_keys(client, cfg.redis.prefix)

@@ -14,10 +14,10 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from fpnstream.config.settings import AppConfig
-from fpnstream.core.errors import FpnstreamError, ModelError
+from fpnstream.core.errors import FpnstreamError, ModelError, StreamUnwritable
 from fpnstream.core.redact import redact_text
 from fpnstream.core.reports import Assignment, WorkerInfo, WorkerStatus
-from fpnstream.runtime.pool import ClaimFailed, WorkerGone
+from fpnstream.runtime.pool import ClaimFailed, ClaimRefused, WorkerGone
 from fpnstream.runtime.worker import StreamWorker
 from fpnstream.sources import SourceSpec
 
@@ -151,7 +151,10 @@ class RayPool:
         except RayActorError as e:
             raise WorkerGone(type(e).__name__) from None
         except RayTaskError as e:
-            raise ClaimFailed(redact_text(str(_cause(e)))) from None
+            cause = _cause(e)
+            if isinstance(cause, StreamUnwritable):
+                raise ClaimRefused(str(cause)) from None
+            raise ClaimFailed(redact_text(str(cause))) from None
 
     def unassign(self, index: int, stream_id: str) -> None:
         try:

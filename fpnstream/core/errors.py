@@ -21,3 +21,12 @@ class ModelError(FpnstreamError):
 
 class SinkError(FpnstreamError):
     pass
+
+
+class StreamUnwritable(SinkError):
+    """One of a stream's Redis keys holds another type (someone wrote over it): its frames
+    can never be written there. That stream fails; retrying would not help."""
+
+
+class JobConflict(FpnstreamError):
+    """Another job is running on the same Redis prefix."""

@@ -63,6 +63,12 @@ def workers_key(prefix: str) -> str:
     return f"{prefix}:workers"
 
 
+def job_key(prefix: str) -> str:
+    """String: the running job's lease on the prefix (JSON {token, host, pid, since}), with a
+    TTL its holder keeps renewing; see fpnstream.publish.job_lease."""
+    return f"{prefix}:job"
+
+
 def keys_of_stream(prefix: str, stream_id: str) -> list[str]:
     return [make(prefix, stream_id) for make in (stream_key, events_key, status_key, preview_key)]
 

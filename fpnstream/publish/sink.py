@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Callable
 
 import redis
 from redis.crc import key_slot
 
-from fpnstream.core.errors import SinkError
+from fpnstream.core.errors import SinkError, StreamUnwritable
 from fpnstream.core.frames import BatchResult
 from fpnstream.core.redact import redact_text
 from fpnstream.publish.connection import is_cluster
@@ -35,9 +35,24 @@ from fpnstream.publish.keys import events_key, status_key, stream_key
 # hash and events stream. ARGV[1]: maxlen (0 = none); then per stream: owner token ("" =
 # unfenced), entry count, per entry: frame index, field count, field, value, ..., event
 # count, per event: field count, field, value, ...; and last the stream's tracker state
-# after the batch ("" = not tracked). Returns per stream the entries written, -1 if fenced.
+# after the batch ("" = not tracked). Returns per stream the entries written, -1 if fenced,
+# or why it cannot be written (one of its keys holds another type: nothing is written).
 # A stream's entries, events and state land together or not at all.
-_PUBLISH = """
+
+# Checked before a stream is touched: a key someone wrote over (a string where the entries
+# stream should be) fails the call part-way with WRONGTYPE, every time, which would read as
+# an outage retried for ever. Lua scripts are not rolled back, so this check comes first.
+_UNFIT = """
+local function unfit(...)
+  for _, pair in ipairs({...}) do
+    local t = redis.call('TYPE', pair[1]).ok
+    if t ~= 'none' and t ~= pair[2] then return pair[1] .. ' holds a ' .. t .. ', not a ' .. pair[2] end
+  end
+  return false
+end
+"""
+
+_PUBLISH = _UNFIT + """
 local maxlen = tonumber(ARGV[1])
 local function add(key, from, n)
   local args = {key}
@@ -51,9 +66,10 @@ for s = 1, #KEYS / 3 do
   local entries_key, status_key, events_key = KEYS[3 * s - 2], KEYS[3 * s - 1], KEYS[3 * s]
   local owner_arg, count = ARGV[i], tonumber(ARGV[i + 1])
   i = i + 2
-  local owner = redis.call('HGET', status_key, 'owner')
-  local fenced = owner_arg ~= '' and owner and owner ~= owner_arg
-  local last = tonumber(redis.call('HGET', status_key, 'last_frame') or '-1')
+  local why = unfit({entries_key, 'stream'}, {status_key, 'hash'}, {events_key, 'stream'})
+  local owner = not why and redis.call('HGET', status_key, 'owner')
+  local fenced = why or (owner_arg ~= '' and owner and owner ~= owner_arg)
+  local last = why and 0 or tonumber(redis.call('HGET', status_key, 'last_frame') or '-1')
   local written = 0
   for _ = 1, count do
     local frame, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
@@ -71,7 +87,9 @@ for s = 1, #KEYS / 3 do
   end
   local state = ARGV[i]
   i = i + 1
-  if fenced then
+  if why then
+    out[s] = why
+  elseif fenced then
     out[s] = -1
   else
     if state ~= '' then redis.call('HSET', status_key, 'tracks', state) end
@@ -84,9 +102,12 @@ return out
 """
 
 
-# KEYS: status hash. ARGV: owner token ("" = unfenced), "1" to start a new run.
-# One script, so the owner change and the resume point are read and written together.
-_CLAIM = """
+# KEYS: status hash, entries stream, events stream. ARGV: owner token ("" = unfenced), "1"
+# to start a new run. One script, so the owner change and the resume point are read and
+# written together. Returns {-2, why} if one of the keys holds another type.
+_CLAIM = _UNFIT + """
+local why = unfit({KEYS[1], 'hash'}, {KEYS[2], 'stream'}, {KEYS[3], 'stream'})
+if why then return {-2, why} end
 local run = tonumber(redis.call('HGET', KEYS[1], 'run') or '0')
 if ARGV[2] == '1' or run == 0 then
   run = run + 1
@@ -122,9 +143,17 @@ class PublishResult:
     # lease. Per claim, not per stream: a batch can hold the last frames of a stream's earlier
     # claim on this worker (refused) beside the first ones of its new claim (written).
     fenced: frozenset[tuple[str, str]]
+    # (stream, lease) -> why: nothing of that stream was written, and never will be (one of
+    # its keys holds another type); the stream fails instead of being retried.
+    unwritable: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def refused(self, stream_id: str, lease: str) -> bool:
-        return (stream_id, lease) in self.fenced
+        return (stream_id, lease) in self.fenced or (stream_id, lease) in self.unwritable
+
+    @property
+    def skipped(self) -> frozenset[tuple[str, str]]:
+        """Claims none of whose frames in the batch were written."""
+        return self.fenced | self.unwritable.keys()
 
 
 class RedisStreamSink:
@@ -152,8 +181,11 @@ class RedisStreamSink:
         run goes on after its last published frame. Entries carry their run number.
         `owner` is the claim's fencing token: frames decoded for it carry it as `lease`.
         """
-        next_frame, run, tracks = self._evalsha(_CLAIM, [status_key(self._prefix, stream_id)],
-                                                [owner, "1" if restart else "0"])
+        keys = [status_key(self._prefix, stream_id), stream_key(self._prefix, stream_id), events_key(self._prefix, stream_id)]
+        next_frame, run, *tracks = self._evalsha(_CLAIM, keys, [owner, "1" if restart else "0"])
+        if next_frame == -2:
+            raise StreamUnwritable(f"stream {stream_id}: {run.decode(errors='replace')}; delete or rename that key")
+        tracks = tracks[0] if tracks else None
         self._runs[stream_id] = int(run)
         self._tracks[stream_id] = tracks or None
         return int(next_frame)
@@ -215,16 +247,19 @@ class RedisStreamSink:
             order.append((sid, lease))
         written: dict[str, int] = {}
         fenced: set[tuple[str, str]] = set()
+        unwritable: dict[tuple[str, str], str] = {}
         try:
             # A failure part-way through a cluster's calls leaves some streams written: the
             # retry skips their frames (at or below last_frame), so nothing is duplicated.
             for keys, args, order in calls.values():
                 for (sid, lease), n in zip(order, self._evalsha(_PUBLISH, keys, args)):
-                    if n == -1:
+                    if isinstance(n, bytes):
+                        unwritable[(sid, lease)] = f"stream {sid}: {n.decode(errors='replace')}; delete or rename that key"
+                    elif n == -1:
                         fenced.add((sid, lease))
                     else:
                         written[sid] = written.get(sid, 0) + int(n)
         except redis.RedisError as e:
             raise SinkError(f"publishing to Redis failed: {redact_text(str(e))}") from None
         done = self._clock()
-        return PublishResult([done - m.capture_ts for m in result.metas], written, frozenset(fenced))
+        return PublishResult([done - m.capture_ts for m in result.metas], written, frozenset(fenced), unwritable)

@@ -3,10 +3,15 @@ first. Keeps detections through a Redis outage instead of dropping them silently
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import pickle
+import re
+import shutil
+import socket
 import threading
+import uuid
 from collections import deque
 from pathlib import Path
 from typing import Callable
@@ -87,3 +92,48 @@ class PublishBuffer:
                 path, size, _ = self._files.popleft()
                 self._spool_bytes -= size
                 path.unlink(missing_ok=True)
+                if not self._files:  # the outage is over: leave no empty folder behind
+                    _remove_empty(self._dir)
+
+
+def _remove_empty(folder: Path | None) -> None:
+    try:
+        if folder is not None:
+            folder.rmdir()
+    except OSError:  # not empty (a .tmp being written) or already gone
+        pass
+
+
+def spool_folder(root: str | Path) -> Path:
+    """This process's own folder under `root`: two workers on a machine (or on machines
+    sharing the folder) never share files, and `sweep_dead_spools` can tell whose it was."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())
+    return Path(root) / f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def sweep_dead_spools(root: str | Path) -> int:
+    """Remove the folders of this host's processes that are gone (a worker killed during an
+    outage). What they held was never published, so the streams' resume points are before
+    it: resumed, those frames are decoded and published again. Returns the folders removed."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())
+    removed = 0
+    for folder in Path(root).glob(f"{glob.escape(host)}-*-*"):
+        pid = folder.name[len(host) + 1:].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        batches = sum(1 for _ in folder.glob("*.batch"))
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+        log.info("removed the spool folder of a process that is gone (%s, %d batch(es) never published; "
+                 "their streams publish those frames again when they resume)", folder, batches)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

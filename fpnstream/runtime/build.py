@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from pathlib import Path
-
 from fpnstream.config.settings import AppConfig
 from fpnstream.core.backoff import Backoff
 from fpnstream.core.observer import Observers, PipelineObserver
 from fpnstream.observe.metrics import Metrics, MetricsObserver
 from fpnstream.publish.sink import RedisStreamSink
-from fpnstream.publish.spool import PublishBuffer
+from fpnstream.publish.spool import PublishBuffer, spool_folder, sweep_dead_spools
 from fpnstream.runtime.pipeline import Pipeline
 
 
@@ -19,8 +15,10 @@ def build_pipeline(cfg: AppConfig, backend, sink: RedisStreamSink, metrics: Metr
                    snapshots: PipelineObserver, keep_open: bool) -> Pipeline:
     """`keep_open`: a worker whose streams come and go; else it ends with its sources."""
     r = cfg.redis
-    # One spool folder per process: two workers on a machine never share files.
-    spool = Path(r.spool_dir) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}" if r.spool_dir else None
+    spool = None
+    if r.spool_dir:
+        sweep_dead_spools(r.spool_dir)
+        spool = spool_folder(r.spool_dir)
     buffer = PublishBuffer(spool, r.buffer_frames, int(r.spool_max_mb * 2**20))
     freshness = cfg.batch.freshness_ms / 1000.0 if cfg.batch.freshness_ms else None
     from fpnstream.analytics.stage import AnalyticsStage

@@ -28,7 +28,7 @@ from fpnstream.core.redact import redact_text
 from fpnstream.core.reports import JobSnapshot, RunReport, StreamReport, StreamRow, StreamState, WorkerStatus
 from fpnstream.observe.metrics import DriverMetrics
 from fpnstream.publish.control import expand_env
-from fpnstream.runtime.pool import ClaimFailed, WorkerGone, WorkerPool
+from fpnstream.runtime.pool import ClaimFailed, ClaimRefused, WorkerGone, WorkerPool
 from fpnstream.runtime.roster import WorkerRoster, WorkerState
 from fpnstream.runtime.scaling import Placement, PoolScaler, ScalingPolicy
 from fpnstream.runtime.status_board import StatusBoard
@@ -145,6 +145,11 @@ class Coordinator:
             return
         except ClaimFailed as e:  # the worker is fine; Redis was not: try again on a later tick
             log.warning("stream %s not assigned yet: %s", s.spec.stream_id, str(e).splitlines()[0] if str(e) else "")
+            return
+        except ClaimRefused as e:  # its keys can never take its frames: it fails, the job goes on
+            log.error("%s", e)
+            s.ended = StreamState.FAILED
+            s.report = replace(s.report or StreamReport(s.spec.stream_id), state=StreamState.FAILED, error=str(e))
             return
         s.worker, s.start = w.index, took.start
         if not s.restart:

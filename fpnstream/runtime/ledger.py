@@ -14,7 +14,7 @@ from fpnstream.core.observer import PipelineObserver
 from fpnstream.core.reports import ENDED_STATES, StreamReport, StreamState
 
 # Drop reasons of frames that were accepted (counted in `pending`) and leave unpublished.
-_ACCEPTED_DROPS = frozenset({"queue_full", "behind", "stale", "spool_full"})
+_ACCEPTED_DROPS = frozenset({"queue_full", "behind", "stale", "spool_full", "unwritable"})
 
 
 class StreamLedger:

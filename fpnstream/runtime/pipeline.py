@@ -62,11 +62,13 @@ class Pipeline:
         self._queue_size = queue_size
         self._stop_grace_s = stop_grace_s
         self._ledger = StreamLedger(observer)
-        buffer = buffer or PublishBuffer(None, 10_000, 0)
+        # `is None`, not `or`: an empty buffer is falsy, and `or` threw the configured one away.
+        buffer = buffer if buffer is not None else PublishBuffer(None, 10_000, 0)
         self._analytics = analytics
         self._publisher = Publisher(sink, buffer, self._ledger, observer, outage_wait_s,
                                     on_fenced=self._fenced,
-                                    analyze=analytics.process if analytics is not None else (lambda r: r))
+                                    analyze=analytics.process if analytics is not None else (lambda r: r),
+                                    on_unwritable=self._unwritable)
         buffer.on_drop = self._spool_overflow
         self._freshness = None if freshness_s is None else FreshnessPolicy(
             freshness_s, self._ledger.is_live, lambda sid: self._ledger.drop(sid, "stale"),
@@ -127,6 +129,16 @@ class Pipeline:
         reading only if it is the claim being read now; frames of an earlier claim of this
         worker (the stream went away and came back) are refused and the current one goes on."""
         self.remove_source(stream_id, StreamState.MOVED, lease)
+
+    def _unwritable(self, stream_id: str, lease: str, why: str) -> None:
+        """Redis can never take this claim's frames (a key of the stream holds another
+        type): the stream fails with the reason, and the others go on."""
+        with self._changing:
+            if self._sources.lease_of(stream_id) != lease:
+                return
+            self._ledger.fail(stream_id, why)
+        log.error("%s", why)
+        self.remove_source(stream_id, StreamState.FAILED, lease)
 
     def stop_reading(self) -> None:
         for sid in self._sources.stream_ids():

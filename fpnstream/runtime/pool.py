@@ -12,6 +12,7 @@ from typing import Protocol
 import redis
 
 from fpnstream.config.settings import AppConfig
+from fpnstream.core.errors import StreamUnwritable
 from fpnstream.core.redact import redact_text
 from fpnstream.core.reports import Assignment, WorkerInfo, WorkerStatus
 from fpnstream.observe.metrics import Metrics
@@ -29,6 +30,10 @@ class ClaimFailed(Exception):
     """The worker is fine but could not take the stream now (its claim's Redis call failed)."""
 
 
+class ClaimRefused(Exception):
+    """The stream can never be claimed as its keys are (one holds another type): it fails."""
+
+
 class WorkerPool(Protocol):
     def start(self) -> list[WorkerInfo]:
         """Create and load every worker; raises FpnstreamError if they cannot start."""
@@ -38,7 +43,7 @@ class WorkerPool(Protocol):
 
     def assign(self, index: int, spec: SourceSpec, owner: str, restart: bool) -> Assignment:
         """The worker claims the stream (fenced by `owner`) and starts it; returns its first
-        frame index and whether its tracks were restored. Raises WorkerGone or ClaimFailed."""
+        frame index and whether its tracks were restored. Raises WorkerGone, ClaimFailed or ClaimRefused."""
 
     def unassign(self, index: int, stream_id: str) -> None: ...
 
@@ -81,6 +86,8 @@ class LocalPool:
     def assign(self, index: int, spec: SourceSpec, owner: str, restart: bool) -> Assignment:
         try:
             return self._workers[index].assign(spec, owner, restart)
+        except StreamUnwritable as e:
+            raise ClaimRefused(str(e)) from None
         except redis.RedisError as e:
             raise ClaimFailed(redact_text(str(e))) from None
 

@@ -26,9 +26,12 @@ END = object()  # put on the queue after the last batch
 class Publisher:
     def __init__(self, sink: RedisStreamSink, buffer: PublishBuffer, ledger: StreamLedger, observer: PipelineObserver,
                  outage_wait_s: float, on_fenced: Callable[[str, str], None],
-                 analyze: Callable[[BatchResult], BatchResult] = lambda r: r) -> None:
+                 analyze: Callable[[BatchResult], BatchResult] = lambda r: r,
+                 on_unwritable: Callable[[str, str, str], None] = lambda sid, lease, why: None) -> None:
         """`analyze`: the analytics stage (tracks, zones, lines), run on each result in
-        submission order, before it is buffered, so a stream's tracker sees its frames in order."""
+        submission order, before it is buffered, so a stream's tracker sees its frames in order.
+        `on_fenced(stream, lease)`: Redis refused that claim's frames (another owns the stream).
+        `on_unwritable(stream, lease, why)`: that stream's keys cannot take its frames."""
         self._sink = sink
         self._analyze = analyze
         self._buffer = buffer
@@ -36,6 +39,7 @@ class Publisher:
         self._observer = observer
         self._outage_wait_s = outage_wait_s
         self._on_fenced = on_fenced
+        self._on_unwritable = on_unwritable
         self.batch_seconds = 0.0  # detect + publish time of recent batches (moving average)
 
     def run(self, inflight: queue.Queue, failed: Callable[[], bool]) -> None:
@@ -96,7 +100,11 @@ class Publisher:
             for meta, latency in zip(result.metas, published.latencies):
                 if not published.refused(meta.stream_id, meta.lease):
                     self._ledger.published(meta.stream_id, now, latency)
+                elif (meta.stream_id, meta.lease) in published.unwritable:
+                    self._ledger.drop(meta.stream_id, "unwritable")
             self._buffer.pop()
-            self._observer.published(result, published.latencies, published.fenced, self._ledger.reports())
+            self._observer.published(result, published.latencies, published.skipped, self._ledger.reports())
             for sid, lease in published.fenced:
                 self._on_fenced(sid, lease)
+            for (sid, lease), why in published.unwritable.items():
+                self._on_unwritable(sid, lease, why)

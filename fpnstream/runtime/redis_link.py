@@ -32,6 +32,7 @@ class RedisLink:
         self._backoff = Backoff(0.25, 2.0)  # a PING every 2 s at most is cheap; readiness follows Redis closely
         self._up = True
         self._next_probe = 0.0
+        self._refusals: set[str] = set()
 
     @property
     def up(self) -> bool:
@@ -42,9 +43,21 @@ class RedisLink:
             return default
         try:
             return fn(*args, **kwargs)
+        except redis.ResponseError as e:
+            if isinstance(e, redis.exceptions.ReadOnlyError):  # a replica during failover: away
+                self._mark_down(e)
+            else:  # Redis answered, it refused this one call (a key of another type): not an outage
+                self._refused(e)
+            return default
         except redis.RedisError as e:
             self._mark_down(e)
             return default
+
+    def _refused(self, e: Exception) -> None:
+        text = redact_text(str(e)).splitlines()[0] if str(e) else type(e).__name__
+        if text not in self._refusals:  # said once: the same call comes back every tick
+            self._refusals.add(text)
+            log.warning("Redis refused a coordinator call: %s", text)
 
     def probe(self) -> bool:
         """While down: one PING when the backoff allows. Returns whether Redis is up."""

@@ -73,6 +73,8 @@ def test_redis_killed_and_restarted_twice_on_ray(tmp_path, small_checkpoint):
     assert seen_not_ready, "/readyz should answer 503 while Redis is away"
     assert "Redis unreachable from the coordinator" in err and "Redis is back" in err
     assert "Traceback" not in err and "internal error" not in err
+    # The outages overflowed the 8-frame memory buffer into the spool; drained, its folders went.
+    assert (tmp_path / "spool").is_dir() and not list((tmp_path / "spool").iterdir())
     restarted = RedisProc(data, *persist, port=port)
     try:
         frames = [d["frame"] for d in entries(restarted.client(), key)]
@@ -102,6 +104,8 @@ def test_driver_sigkill_then_same_command_resumes_then_a_new_run(tmp_path, clip,
     again = run_cli("run", *args, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumes its run at frame" in again.stderr
+    # The killed job's lease on the prefix was not renewed any more: taken over, not waited out.
+    assert "stopped renewing its lease; this job takes over" in again.stderr
     docs = entries(client, key)
     record("driver SIGKILL, same command again", **exactly_once([d["frame"] for d in docs], 240), cut_at=cut,
            longest_pause_s=longest_pause_s(client, key))
@@ -231,3 +235,66 @@ def _fast_polls(tmp_path):
     cfg = tmp_path / "fast-polls.yaml"
     cfg.write_text("ray:\n  poll_interval_s: 1\n")
     return cfg
+
+
+def test_a_stream_key_written_over_with_another_type_fails_that_stream_only(tmp_path, clip, redis_proc, small_checkpoint):
+    """Someone overwrites a stream's keys with a string: before a claim (b's entries key)
+    and mid-run (c's status hash). Redis answers WRONGTYPE to every write there, which was
+    buffered and retried as an outage for ever; the coordinator took it for Redis going
+    down. Now that stream fails with the reason, and the job goes on and ends."""
+    client = redis_proc.client()
+    client.set("over:detections:{b}", "someone else's")
+    cfg = tmp_path / "over.yaml"
+    cfg.write_text("ray:\n  poll_interval_s: 1\nsources:\n"
+                   + "".join(f"  - id: {sid}\n    uri: {clip}\n    realtime: true\n" for sid in "abc"))
+    proc = start_run("--config", str(cfg), *FAST, "--weights", str(small_checkpoint), "--redis-url", redis_proc.url,
+                     "--redis-prefix", "over", "--metrics-port", "0")
+    try:
+        wait_for(lambda: client.xlen("over:detections:{c}") >= 30, proc, what="c's first frames")
+        client.set("over:status:{c}", "overwritten")  # SET replaces a key of any type
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in err and "unreachable" not in err, err[-3000:]
+    assert "stream b: over:detections:{b} holds a string, not a stream; delete or rename that key" in err
+    assert "stream c: over:status:{c} holds a string, not a hash; delete or rename that key" in err
+    assert "2 stream(s) failed" in err
+    assert [e["frame"] for e in entries(client, "over:detections:{a}")] == list(range(240))
+    assert client.hget("over:status:{a}", "state") == b"finished"
+    b_status = {k.decode(): v.decode() for k, v in client.hgetall("over:status:{b}").items()}
+    assert b_status["state"] == "failed" and "holds a string" in b_status["error"]
+    assert client.get("over:detections:{b}") == b"someone else's"
+    assert client.get("over:status:{c}") == b"overwritten"
+    c_frames = [e["frame"] for e in entries(client, "over:detections:{c}")]
+    assert 30 <= len(c_frames) < 240 and c_frames == list(range(len(c_frames)))
+
+
+def test_a_second_job_on_the_same_prefix_is_refused_and_the_first_goes_on(tmp_path, clip, redis_proc, small_checkpoint):
+    """Two jobs on one prefix would share the control channel and re-claim each other's
+    streams for ever. The second is refused in one line, naming the first; the first is
+    untouched, and once it ended the prefix is free again."""
+    client = redis_proc.client()
+    cfg = tmp_path / "first.yaml"
+    cfg.write_text(f"sources:\n  - id: f\n    uri: {clip}\n    realtime: true\n")
+    common = [*FAST, "--weights", str(small_checkpoint), "--redis-url", redis_proc.url, "--redis-prefix", "one",
+              "--metrics-port", "0"]
+    first = start_run("--config", str(cfg), *common)
+    try:
+        wait_for(lambda: client.xlen("one:detections:{f}") >= 10, first, what="the first job's frames")
+        second = run_cli("run", "--source", f"g={clip}", *common, timeout=120)
+        assert first.poll() is None, "the first job is still running"
+        _, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert second.returncode == 2, second.stderr[-3000:]
+    lines = [ln for ln in second.stderr.splitlines() if "another fpnstream job" in ln]
+    assert len(lines) == 1 and f"pid {first.pid}" in lines[0] and "'one'" in lines[0], second.stderr[-3000:]
+    assert "Traceback" not in second.stderr
+    assert not client.exists("one:detections:{g}") and not client.exists("one:status:{g}")
+    assert first.returncode == 0, err[-3000:]
+    assert [e["frame"] for e in entries(client, "one:detections:{f}")] == list(range(240))
+    assert not client.exists("one:job")  # released at the end
+    third = run_cli("run", "--source", f"g={clip}", *common, timeout=240)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert client.xlen("one:detections:{g}") == 240

@@ -125,3 +125,39 @@ def test_frames_are_fenced_by_the_claim_they_were_decoded_under(redis_proc):
     assert late.fenced == {("cam", "first")} and client.hget("t:status:{cam}", "last_frame") == b"2"
     assert sink.publish(batch("cam", 3, 3, lease="again")).written == {"cam": 3}
     assert [decode_entry(f)["frame"] for _, f in client.xrange("t:detections:{cam}")] == list(range(6))
+
+
+@pytest.mark.parametrize("kind", ["detections", "status", "events"])
+def test_a_stream_whose_key_holds_another_type_is_unwritable_and_the_others_are_written(redis_proc, kind):
+    """Someone wrote over one of a stream's keys: that stream's frames are refused with the
+    reason (WRONGTYPE, retried, would never succeed) and nothing of it is written part-way;
+    the batch's other streams are written."""
+    client = redis_proc.client()
+    sink = RedisStreamSink(client, "t", maxlen=0, model_name="m")
+    sink.claim("a", owner="tok-a", restart=True)
+    sink.claim("b", owner="tok-b", restart=True)
+    client.delete(f"t:{kind}:{{b}}")
+    client.set(f"t:{kind}:{{b}}", "not yours")
+    metas = batch("a", 0, 2, lease="tok-a").metas + batch("b", 0, 2, lease="tok-b").metas
+    result = sink.publish(BatchResult(metas, batch("a", 0, 2).detections * 2, StageTimes(0, 0, 0)))
+    assert result.written == {"a": 2} and not result.fenced
+    assert list(result.unwritable) == [("b", "tok-b")]
+    assert f"t:{kind}:{{b}} holds a string" in result.unwritable[("b", "tok-b")]
+    assert result.refused("b", "tok-b") and not result.refused("a", "tok-a")
+    assert result.skipped == {("b", "tok-b")}
+    assert client.get(f"t:{kind}:{{b}}") == b"not yours"
+    if kind != "detections":
+        assert not client.exists("t:detections:{b}")
+    assert client.xlen("t:detections:{a}") == 2
+
+
+def test_claiming_a_stream_whose_key_holds_another_type_is_refused_with_the_reason(redis_proc):
+    from fpnstream.core.errors import StreamUnwritable
+
+    client = redis_proc.client()
+    client.set("t:detections:{cam}", "x")
+    sink = RedisStreamSink(client, "t", maxlen=0, model_name="m")
+    with pytest.raises(StreamUnwritable, match=r"t:detections:\{cam\} holds a string, not a stream"):
+        sink.claim("cam", owner="tok")
+    assert not client.exists("t:status:{cam}")  # nothing was claimed
+    assert sink.claim("ok", owner="tok", restart=True) == 0

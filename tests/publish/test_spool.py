@@ -51,3 +51,32 @@ def test_no_spool_folder_means_memory_only(tmp_path):
     for k in range(3):
         buf.append(batch("s", k, 1))
     assert [m.index for b in dropped for m in b.metas] == [2] and drain(buf) == [0, 1]
+
+
+def test_a_drained_spool_leaves_no_folder_and_dead_processes_folders_are_swept(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from fpnstream.publish.spool import spool_folder, sweep_dead_spools
+
+    own = spool_folder(tmp_path)
+    buf = PublishBuffer(own, memory_frames=0, spool_bytes=10**7)
+    buf.append(batch("s", 0, 2))
+    assert own.is_dir()
+    drain(buf)
+    assert not own.exists()  # the outage is over
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    host = own.name.rsplit("-", 2)[0]
+    dead = tmp_path / f"{host}-{dead_pid}-0123abcd"
+    dead.mkdir()
+    (dead / "000000000000.batch").write_bytes(b"never published")
+    alive = spool_folder(tmp_path)  # this process: alive
+    alive.mkdir()
+    elsewhere = tmp_path / f"other-host-{dead_pid}-0123abcd"  # another machine's, on a shared folder
+    elsewhere.mkdir()
+    assert host == socket.gethostname() or "_" in host
+    assert sweep_dead_spools(tmp_path) == 1
+    assert not dead.exists() and alive.is_dir() and elsewhere.is_dir()
