@@ -32,11 +32,17 @@ def progress_bar(what: str):
         yield update
 
 
+_MAX_SIDE = 8192  # past 8K a synthetic clip only tests how long the machine takes to swap
+
+
 def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"--size must look like 640x360, not {text!r}") from None
+    parts = text.lower().split("x")
+    # ASCII digits only: int() also takes "６４０" and "1_000", which no one means as a size.
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
+        raise ConfigError(f"--size must look like 640x360, not {text!r}")
+    w, h = int(parts[0]), int(parts[1])
+    if not (1 <= w <= _MAX_SIDE and 1 <= h <= _MAX_SIDE):
+        raise ConfigError(f"--size {text}: each side must be within 1..{_MAX_SIDE}")
     return w, h
 
 

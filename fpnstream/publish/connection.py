@@ -13,11 +13,9 @@ from typing import Callable, Mapping, Union
 from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
-from redis.retry import Retry
 
 from fpnstream.core.errors import SinkError
 from fpnstream.core.redact import redact_text, redact_url
@@ -41,7 +39,7 @@ def connect(url: str, socket_timeout_s: float = 10.0, cluster: bool | None = Non
     if cluster and url.startswith("unix://"):
         raise SinkError(_UNIX_CLUSTER)
     try:
-        client = _server_client(url, socket_timeout_s)
+        client = redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
         client.ping()
         if cluster is None:
             cluster = _cluster_enabled(client)
@@ -69,18 +67,7 @@ def lazy_client(url: str, socket_timeout_s: float = 10.0, cluster: bool = False)
     buffer results) while Redis is away."""
     if cluster:
         return LazyCluster(lambda: _cluster_client(url, socket_timeout_s))
-    return _server_client(url, socket_timeout_s)
-
-
-def _server_client(url: str, socket_timeout_s: float) -> redis.Redis:
-    """A single server's client that fails fast. redis-py 8 retries a failed command 10
-    times with backoff by default, about 5 s against a server that is down: the publisher
-    sat inside one call for a whole short outage, so detection stalled instead of results
-    being buffered, and every coordinator tick stalled too. Outages are handled above this
-    (buffer, spool, backoff); one immediate retry is kept for a pooled connection that the
-    server closed (a restart), which a fresh connection then replaces."""
-    return redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s,
-                                retry=Retry(NoBackoff(), 1))
+    return redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
 
 
 def is_cluster(client) -> bool:

@@ -75,11 +75,7 @@ def write_statuses(client: redis.Redis, prefix: str, rows: Mapping[str, dict[str
     for stream_id, fields in rows.items():
         clean = {k: json.dumps(v) if isinstance(v, dict) else ("" if v is None else str(v)) for k, v in fields.items()}
         pipe.hset(status_key(prefix, stream_id), mapping=clean)
-    # One stream's key written over with another type must not keep every other stream's
-    # status from being written: all are sent, then the first refusal is raised.
-    for reply in pipe.execute(raise_on_error=False):
-        if isinstance(reply, Exception):
-            raise reply
+    pipe.execute()
 
 
 def migrate_legacy_keys(client: redis.Redis, prefix: str) -> int:

@@ -23,7 +23,7 @@ from typing import Callable
 
 import redis
 
-from fpnstream.core.errors import JobConflict
+from fpnstream.core.errors import JobConflict, SinkError
 from fpnstream.core.redact import redact_text
 from fpnstream.publish.keys import job_key
 
@@ -63,6 +63,16 @@ class JobLease:
     def acquire(self) -> None:
         """Take the lease, or take over one that is no longer renewed; JobConflict if
         another job holds it and is alive."""
+        try:
+            self._acquire()
+        except redis.ResponseError as e:  # e.g. the key holds another type
+            raise JobConflict(f"cannot take the job lease {self._key}: {redact_text(str(e))}; delete that key") from None
+        except redis.RedisError as e:
+            raise SinkError(f"cannot take the job lease {self._key}: {redact_text(str(e))}") from None
+        self._thread = threading.Thread(target=self._keep, name="job-lease", daemon=True)
+        self._thread.start()
+
+    def _acquire(self) -> None:
         for _ in range(5):  # the key changes hands under us only if jobs race each other
             if self._client.set(self._key, self.value, nx=True, px=self._ttl_ms):
                 break
@@ -76,7 +86,8 @@ class JobLease:
             now_seen, ttl_after = self._client.get(self._key), self._client.pttl(self._key)
             if now_seen != seen:
                 continue
-            if ttl_after > ttl_before - 0.625 * watch_ms:
+            # A key without a TTL (-1) is no job's lease (a job always sets one): taken over.
+            if ttl_before >= 0 and ttl_after > ttl_before - 0.625 * watch_ms:
                 raise JobConflict(_conflict(seen, self._prefix))
             if self._client.eval(_TAKE_OVER, 1, self._key, seen, self.value, self._ttl_ms):
                 log.warning("the job last on prefix %s (%s) stopped renewing its lease; this job takes over",
@@ -84,8 +95,6 @@ class JobLease:
                 break
         else:
             raise JobConflict(f"jobs keep starting on Redis prefix {self._prefix!r} at once; start one")
-        self._thread = threading.Thread(target=self._keep, name="job-lease", daemon=True)
-        self._thread.start()
 
     def _keep(self) -> None:
         while not self._stop.wait(self._renew_s):
@@ -93,8 +102,9 @@ class JobLease:
                 if self._client.eval(_RENEW, 1, self._key, self.value, self._ttl_ms):
                     self._lost = False
                     continue
-                # Gone: Redis restarted without its data, or was away past the TTL.
-                if self._client.set(self._key, self.value, nx=True, px=self._ttl_ms):
+                # Gone: Redis restarted without its data, or was away past the TTL (or the
+                # job is ending and released it while this renewal was on its way).
+                if self._stop.is_set() or self._client.set(self._key, self.value, nx=True, px=self._ttl_ms):
                     continue
                 if not self._lost:
                     self._lost = True

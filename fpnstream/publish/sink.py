@@ -131,7 +131,12 @@ def starts_new_run(client: redis.Redis, prefix: str, stream_id: str, restart: bo
     one resumes it after its last published frame."""
     if restart:
         return True
-    state = client.hget(status_key(prefix, stream_id), "state")
+    try:
+        state = client.hget(status_key(prefix, stream_id), "state")
+    except redis.ResponseError as e:
+        if "WRONGTYPE" not in str(e):
+            raise
+        return True  # no status hash there: the claim refuses the stream, saying why
     return state is None or state.decode() in _COMPLETED
 
 

@@ -3,20 +3,16 @@ first. Keeps detections through a Redis outage instead of dropping them silently
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import pickle
-import re
-import shutil
-import socket
 import threading
-import uuid
 from collections import deque
 from pathlib import Path
 from typing import Callable
 
 from fpnstream.core.frames import BatchResult
+from fpnstream.publish.spool_folder import hold, let_go
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +32,7 @@ class PublishBuffer:
         self._spool_bytes = 0
         self._max_spool_bytes = spool_bytes
         self._seq = 0
+        self._held: int | None = None  # the folder's lock while it exists (spool_folder.py)
         self.on_drop = on_drop
         self._lock = threading.Lock()
 
@@ -51,7 +48,9 @@ class PublishBuffer:
     def append(self, result: BatchResult) -> None:
         n = len(result.metas)
         with self._lock:
-            if not self._files and self._memory_frames + n <= self._max_memory_frames:
+            # The batch being written now always fits (the limit is on what waits behind
+            # it): with a limit of 0, or below a batch, a healthy Redis drops nothing.
+            if not self._files and (not self._memory or self._memory_frames + n <= self._max_memory_frames):
                 self._memory.append(result)
                 self._memory_frames += n
                 return
@@ -62,7 +61,8 @@ class PublishBuffer:
             if self._spool_bytes + len(data) > self._max_spool_bytes:
                 self._drop(result, f"spool full ({self._max_spool_bytes // 2**20} MiB)")
                 return
-            self._dir.mkdir(parents=True, exist_ok=True)
+            if self._held is None:
+                self._held = hold(self._dir)
             path = self._dir / f"{self._seq:012d}.batch"
             self._seq += 1
             tmp = path.with_suffix(".tmp")
@@ -92,48 +92,7 @@ class PublishBuffer:
                 path, size, _ = self._files.popleft()
                 self._spool_bytes -= size
                 path.unlink(missing_ok=True)
-                if not self._files:  # the outage is over: leave no empty folder behind
-                    _remove_empty(self._dir)
+                if not self._files and self._held is not None:  # the outage is over: no folder left behind
+                    let_go(self._dir, self._held)
+                    self._held = None
 
-
-def _remove_empty(folder: Path | None) -> None:
-    try:
-        if folder is not None:
-            folder.rmdir()
-    except OSError:  # not empty (a .tmp being written) or already gone
-        pass
-
-
-def spool_folder(root: str | Path) -> Path:
-    """This process's own folder under `root`: two workers on a machine (or on machines
-    sharing the folder) never share files, and `sweep_dead_spools` can tell whose it was."""
-    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())
-    return Path(root) / f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def sweep_dead_spools(root: str | Path) -> int:
-    """Remove the folders of this host's processes that are gone (a worker killed during an
-    outage). What they held was never published, so the streams' resume points are before
-    it: resumed, those frames are decoded and published again. Returns the folders removed."""
-    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())
-    removed = 0
-    for folder in Path(root).glob(f"{glob.escape(host)}-*-*"):
-        pid = folder.name[len(host) + 1:].split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
-        batches = sum(1 for _ in folder.glob("*.batch"))
-        shutil.rmtree(folder, ignore_errors=True)
-        removed += 1
-        log.info("removed the spool folder of a process that is gone (%s, %d batch(es) never published; "
-                 "their streams publish those frames again when they resume)", folder, batches)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True

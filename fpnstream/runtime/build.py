@@ -7,7 +7,8 @@ from fpnstream.core.backoff import Backoff
 from fpnstream.core.observer import Observers, PipelineObserver
 from fpnstream.observe.metrics import Metrics, MetricsObserver
 from fpnstream.publish.sink import RedisStreamSink
-from fpnstream.publish.spool import PublishBuffer, spool_folder, sweep_dead_spools
+from fpnstream.publish.spool import PublishBuffer
+from fpnstream.publish.spool_folder import own_folder, sweep
 from fpnstream.runtime.pipeline import Pipeline
 
 
@@ -17,8 +18,8 @@ def build_pipeline(cfg: AppConfig, backend, sink: RedisStreamSink, metrics: Metr
     r = cfg.redis
     spool = None
     if r.spool_dir:
-        sweep_dead_spools(r.spool_dir)
-        spool = spool_folder(r.spool_dir)
+        sweep(r.spool_dir)  # folders of processes that died mid-outage
+        spool = own_folder(r.spool_dir)
     buffer = PublishBuffer(spool, r.buffer_frames, int(r.spool_max_mb * 2**20))
     freshness = cfg.batch.freshness_ms / 1000.0 if cfg.batch.freshness_ms else None
     from fpnstream.analytics.stage import AnalyticsStage

@@ -84,6 +84,11 @@ class StreamLedger:
             if reason in _ACCEPTED_DROPS:
                 self._settle(stream_id, n)
 
+    def drop_frames(self, metas, reason: str) -> None:
+        """Accepted frames (their FrameMeta) dropped for one reason, e.g. a full spool."""
+        for meta in metas:
+            self.drop(meta.stream_id, reason)
+
     def published(self, stream_id: str, now: float, latency_s: float) -> None:
         with self._lock:
             report = self._reports[stream_id]

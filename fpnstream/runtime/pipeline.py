@@ -62,14 +62,12 @@ class Pipeline:
         self._queue_size = queue_size
         self._stop_grace_s = stop_grace_s
         self._ledger = StreamLedger(observer)
-        # `is None`, not `or`: an empty buffer is falsy, and `or` threw the configured one away.
-        buffer = buffer if buffer is not None else PublishBuffer(None, 10_000, 0)
+        buffer = buffer if buffer is not None else PublishBuffer(None, 10_000, 0)  # not `or`: empty is falsy
         self._analytics = analytics
         self._publisher = Publisher(sink, buffer, self._ledger, observer, outage_wait_s,
-                                    on_fenced=self._fenced,
-                                    analyze=analytics.process if analytics is not None else (lambda r: r),
-                                    on_unwritable=self._unwritable)
-        buffer.on_drop = self._spool_overflow
+                                    on_refused=self._refused,
+                                    analyze=analytics.process if analytics is not None else (lambda r: r))
+        buffer.on_drop = lambda result: self._ledger.drop_frames(result.metas, "spool_full")
         self._freshness = None if freshness_s is None else FreshnessPolicy(
             freshness_s, self._ledger.is_live, lambda sid: self._ledger.drop(sid, "stale"),
             lambda: self._publisher.batch_seconds)
@@ -124,21 +122,15 @@ class Pipeline:
         if state == StreamState.MOVED:
             log.warning("stream %s moved to another worker; this one stops feeding it", stream_id)
 
-    def _fenced(self, stream_id: str, lease: str) -> None:
-        """Redis refused frames of `stream_id` decoded under `lease`: that claim is over. Stop
-        reading only if it is the claim being read now; frames of an earlier claim of this
-        worker (the stream went away and came back) are refused and the current one goes on."""
-        self.remove_source(stream_id, StreamState.MOVED, lease)
-
-    def _unwritable(self, stream_id: str, lease: str, why: str) -> None:
-        """Redis can never take this claim's frames (a key of the stream holds another
-        type): the stream fails with the reason, and the others go on."""
+    def _refused(self, stream_id: str, lease: str, why: str) -> None:
+        """Redis refused frames of `stream_id` decoded under `lease`: another claim owns the
+        stream (`why` empty: it moved), or its keys can never take them (it fails, `why`).
+        Only the claim read now stops: an earlier claim's late frames leave the current alone."""
         with self._changing:
-            if self._sources.lease_of(stream_id) != lease:
-                return
-            self._ledger.fail(stream_id, why)
-        log.error("%s", why)
-        self.remove_source(stream_id, StreamState.FAILED, lease)
+            if why and self._sources.lease_of(stream_id) == lease:
+                self._ledger.fail(stream_id, why)
+                log.error("%s", why)
+        self.remove_source(stream_id, StreamState.FAILED if why else StreamState.MOVED, lease)
 
     def stop_reading(self) -> None:
         for sid in self._sources.stream_ids():
@@ -150,10 +142,6 @@ class Pipeline:
 
     def snapshot(self) -> dict[str, StreamReport]:
         return self._ledger.snapshot()
-
-    def _spool_overflow(self, result) -> None:
-        for meta in result.metas:
-            self._ledger.drop(meta.stream_id, "spool_full")
 
     def _fail(self, exc: BaseException) -> None:
         with self._fatal_lock:

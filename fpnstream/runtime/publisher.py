@@ -25,21 +25,19 @@ END = object()  # put on the queue after the last batch
 
 class Publisher:
     def __init__(self, sink: RedisStreamSink, buffer: PublishBuffer, ledger: StreamLedger, observer: PipelineObserver,
-                 outage_wait_s: float, on_fenced: Callable[[str, str], None],
-                 analyze: Callable[[BatchResult], BatchResult] = lambda r: r,
-                 on_unwritable: Callable[[str, str, str], None] = lambda sid, lease, why: None) -> None:
+                 outage_wait_s: float, on_refused: Callable[[str, str, str], None],
+                 analyze: Callable[[BatchResult], BatchResult] = lambda r: r) -> None:
         """`analyze`: the analytics stage (tracks, zones, lines), run on each result in
         submission order, before it is buffered, so a stream's tracker sees its frames in order.
-        `on_fenced(stream, lease)`: Redis refused that claim's frames (another owns the stream).
-        `on_unwritable(stream, lease, why)`: that stream's keys cannot take its frames."""
+        `on_refused(stream, lease, why)`: Redis refused that claim's frames: another claim
+        owns the stream (`why` is ""), or the stream's keys can never take them (`why`)."""
         self._sink = sink
         self._analyze = analyze
         self._buffer = buffer
         self._ledger = ledger
         self._observer = observer
         self._outage_wait_s = outage_wait_s
-        self._on_fenced = on_fenced
-        self._on_unwritable = on_unwritable
+        self._on_refused = on_refused
         self.batch_seconds = 0.0  # detect + publish time of recent batches (moving average)
 
     def run(self, inflight: queue.Queue, failed: Callable[[], bool]) -> None:
@@ -105,6 +103,6 @@ class Publisher:
             self._buffer.pop()
             self._observer.published(result, published.latencies, published.skipped, self._ledger.reports())
             for sid, lease in published.fenced:
-                self._on_fenced(sid, lease)
+                self._on_refused(sid, lease, "")
             for (sid, lease), why in published.unwritable.items():
-                self._on_unwritable(sid, lease, why)
+                self._on_refused(sid, lease, why)

@@ -12,6 +12,7 @@ buffer their results (fpnstream.publish.spool) and publish them exactly once whe
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any, Callable, TypeVar
 
@@ -44,17 +45,25 @@ class RedisLink:
         try:
             return fn(*args, **kwargs)
         except redis.ResponseError as e:
-            if isinstance(e, redis.exceptions.ReadOnlyError):  # a replica during failover: away
-                self._mark_down(e)
-            else:  # Redis answered, it refused this one call (a key of another type): not an outage
+            # A key of another type (someone wrote over a stream's status hash): Redis is up
+            # and refuses this call, every time; the stream's own check fails the stream.
+            # Every other refusal (OOM, MISCONF, BUSY, a cluster's CLUSTERDOWN, TRYAGAIN,
+            # MASTERDOWN, a replica's READONLY) passes, so it counts as Redis being away.
+            if "WRONGTYPE" in str(e):  # a pipeline's says "Command # 4 (HSET ...) ... error: WRONGTYPE"
                 self._refused(e)
+            else:
+                self._mark_down(e)
             return default
         except redis.RedisError as e:
             self._mark_down(e)
             return default
 
     def _refused(self, e: Exception) -> None:
-        text = redact_text(str(e)).splitlines()[0] if str(e) else type(e).__name__
+        text = redact_text(str(e)).splitlines()[0]
+        # A pipeline's error quotes the whole command, values changing every tick: keep the
+        # command and key only, so the same refusal is said once.
+        if m := re.match(r"Command # \d+ \((\S+) (\S+).*\) of pipeline caused error: (.*)", text):
+            text = f"{m[1]} {m[2]}: {m[3]}"
         if text not in self._refusals:  # said once: the same call comes back every tick
             self._refusals.add(text)
             log.warning("Redis refused a coordinator call: %s", text)

@@ -204,6 +204,10 @@ def test_synth_writes_a_decodable_clip(tmp_path):
     assert len(frames) == 7 and frames[0][2].shape == (64, 96, 3)
     assert_clean_error(run_cli("synth", str(tmp_path / "x.mp4"), "--size", "big"), "--size must look like")
     assert_clean_error(run_cli("synth", str(tmp_path / "x.mp4"), "--size", "17x17"), "width and height must be even")
+    for size in ("６４x４８", "1_000x64", "64x48x2"):  # full-width digits, underscores: not sizes
+        assert_clean_error(run_cli("synth", str(tmp_path / "x.mp4"), "--size", size), "--size must look like")
+    assert_clean_error(run_cli("bench", "--size", "9000x9000"), "each side must be within 1..8192")
+    assert not (tmp_path / "x.mp4").exists()
 
 
 @pytest.mark.parametrize(

@@ -244,9 +244,10 @@ def test_a_stream_key_written_over_with_another_type_fails_that_stream_only(tmp_
     down. Now that stream fails with the reason, and the job goes on and ends."""
     client = redis_proc.client()
     client.set("over:detections:{b}", "someone else's")
+    client.set("over:status:{d}", "someone else's")  # also read before the claim (run or resume?)
     cfg = tmp_path / "over.yaml"
     cfg.write_text("ray:\n  poll_interval_s: 1\nsources:\n"
-                   + "".join(f"  - id: {sid}\n    uri: {clip}\n    realtime: true\n" for sid in "abc"))
+                   + "".join(f"  - id: {sid}\n    uri: {clip}\n    realtime: true\n" for sid in "abcd"))
     proc = start_run("--config", str(cfg), *FAST, "--weights", str(small_checkpoint), "--redis-url", redis_proc.url,
                      "--redis-prefix", "over", "--metrics-port", "0")
     try:
@@ -259,7 +260,9 @@ def test_a_stream_key_written_over_with_another_type_fails_that_stream_only(tmp_
     assert "Traceback" not in err and "unreachable" not in err, err[-3000:]
     assert "stream b: over:detections:{b} holds a string, not a stream; delete or rename that key" in err
     assert "stream c: over:status:{c} holds a string, not a hash; delete or rename that key" in err
-    assert "2 stream(s) failed" in err
+    assert "stream d: over:status:{d} holds a string, not a hash; delete or rename that key" in err
+    assert "3 stream(s) failed" in err
+    assert client.get("over:status:{d}") == b"someone else's" and not client.exists("over:detections:{d}")
     assert [e["frame"] for e in entries(client, "over:detections:{a}")] == list(range(240))
     assert client.hget("over:status:{a}", "state") == b"finished"
     b_status = {k.decode(): v.decode() for k, v in client.hgetall("over:status:{b}").items()}
@@ -267,6 +270,9 @@ def test_a_stream_key_written_over_with_another_type_fails_that_stream_only(tmp_
     assert client.get("over:detections:{b}") == b"someone else's"
     assert client.get("over:status:{c}") == b"overwritten"
     c_frames = [e["frame"] for e in entries(client, "over:detections:{c}")]
+    record("a stream's keys written over with a string (before its claim; mid-run)",
+           **exactly_once([e["frame"] for e in entries(client, "over:detections:{a}")], 240),
+           mid_run_stream_published_before=len(c_frames), exit_code=proc.returncode)
     assert 30 <= len(c_frames) < 240 and c_frames == list(range(len(c_frames)))
 
 
@@ -295,6 +301,8 @@ def test_a_second_job_on_the_same_prefix_is_refused_and_the_first_goes_on(tmp_pa
     assert first.returncode == 0, err[-3000:]
     assert [e["frame"] for e in entries(client, "one:detections:{f}")] == list(range(240))
     assert not client.exists("one:job")  # released at the end
+    record("a second job on the same prefix", second_exit_code=second.returncode,
+           **exactly_once([e["frame"] for e in entries(client, "one:detections:{f}")], 240))
     third = run_cli("run", "--source", f"g={clip}", *common, timeout=240)
     assert third.returncode == 0, third.stderr[-3000:]
     assert client.xlen("one:detections:{g}") == 240

@@ -68,3 +68,13 @@ def test_an_unreadable_holder_that_is_renewed_is_still_refused_in_one_line(redis
         stop.set()
         renewer.join()
     assert client.get("p:job") == b"garbage\nlines"  # not ours to take
+
+
+def test_a_key_without_ttl_is_taken_over_and_one_of_another_type_is_a_one_line_error(redis_proc):
+    client = redis_proc.client()
+    client.set("p:job", "left by hand")  # no TTL: no job wrote this
+    with JobLease(client, "p", ttl_s=5.0, renew_s=0.1) as lease:
+        assert client.get("p:job") == lease.value.encode()
+    client.rpush("q:job", "x")
+    with pytest.raises(JobConflict, match=r"^cannot take the job lease q:job: WRONGTYPE[^\n]*; delete that key$"):
+        JobLease(client, "q", ttl_s=5.0, renew_s=0.1).acquire()

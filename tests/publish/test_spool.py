@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import numpy as np
 
 from fpnstream.core.frames import BatchResult, Detections, FrameMeta, StageTimes
@@ -53,30 +56,52 @@ def test_no_spool_folder_means_memory_only(tmp_path):
     assert [m.index for b in dropped for m in b.metas] == [2] and drain(buf) == [0, 1]
 
 
-def test_a_drained_spool_leaves_no_folder_and_dead_processes_folders_are_swept(tmp_path):
-    import socket
+def test_the_batch_being_written_always_fits_so_a_zero_limit_drops_nothing_while_redis_is_up(tmp_path):
+    """Every batch passes through the buffer on its way to Redis: the limits are on what
+    waits behind it. With buffer_frames 0 (or below a batch) and no spool, a healthy Redis
+    must not see a single frame dropped."""
+    dropped = []
+    buf = PublishBuffer(None, memory_frames=0, spool_bytes=0, on_drop=dropped.append)
+    for k in range(3):
+        buf.append(batch("s", 4 * k, 4))  # a batch of 4 over a limit of 0
+        assert drain(buf) == list(range(4 * k, 4 * k + 4))  # published at once
+    assert dropped == []
+    buf.append(batch("s", 12, 4))
+    buf.append(batch("s", 16, 4))  # Redis is away: this one waits behind the first, no room
+    assert [m.index for b in dropped for m in b.metas] == [16, 17, 18, 19]
+
+
+def test_a_drained_spool_leaves_no_folder_and_only_folders_of_processes_gone_are_swept(tmp_path):
     import subprocess
     import sys
 
-    from fpnstream.publish.spool import spool_folder, sweep_dead_spools
+    from fpnstream.publish.spool_folder import own_folder, sweep
 
-    own = spool_folder(tmp_path)
+    own = own_folder(tmp_path)
     buf = PublishBuffer(own, memory_frames=0, spool_bytes=10**7)
-    buf.append(batch("s", 0, 2))
-    assert own.is_dir()
-    drain(buf)
+    for k in range(3):
+        buf.append(batch("s", 2 * k, 2))  # the first waits in memory, the others on disk
+    assert len(list(own.glob("*.batch"))) == 2
+    assert sweep(tmp_path) == 0 and own.is_dir()  # ours, and we are alive
+    assert drain(buf) == list(range(6))
     assert not own.exists()  # the outage is over
 
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(gone.stdout)
-    host = own.name.rsplit("-", 2)[0]
-    dead = tmp_path / f"{host}-{dead_pid}-0123abcd"
-    dead.mkdir()
-    (dead / "000000000000.batch").write_bytes(b"never published")
-    alive = spool_folder(tmp_path)  # this process: alive
-    alive.mkdir()
-    elsewhere = tmp_path / f"other-host-{dead_pid}-0123abcd"  # another machine's, on a shared folder
-    elsewhere.mkdir()
-    assert host == socket.gethostname() or "_" in host
-    assert sweep_dead_spools(tmp_path) == 1
-    assert not dead.exists() and alive.is_dir() and elsewhere.is_dir()
+    # A process that spooled and died, whatever its pid says (containers sharing a host
+    # name have their own pid namespaces): its lock went with it.
+    code = ("import sys; from pathlib import Path; from fpnstream.publish.spool_folder import own_folder, hold; "
+            "f = own_folder(sys.argv[1]); hold(f); (f / '000000000000.batch').write_bytes(b'x'); print(f)")
+    dead = Path(subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                               check=True).stdout.strip())
+    alive = subprocess.Popen([sys.executable, "-c", code + "; sys.stdout.flush(); sys.stdin.read()", str(tmp_path)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        alive_folder = Path(alive.stdout.readline().strip())
+        same_pid = tmp_path / f"{own.name.rsplit('-', 2)[0]}-{os.getpid()}-0123abcd"  # no lock: not judged
+        same_pid.mkdir()
+        assert dead.is_dir() and alive_folder.is_dir()
+        assert sweep(tmp_path) == 1
+        assert not dead.exists() and alive_folder.is_dir() and same_pid.is_dir()
+    finally:
+        alive.stdin.close()
+        alive.wait(10)
+    assert sweep(tmp_path) == 1 and not alive_folder.exists()  # it ended: now it is swept too

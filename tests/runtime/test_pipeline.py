@@ -269,7 +269,7 @@ def test_a_batch_with_two_claims_of_a_stream_settles_the_new_claims_frames(redis
     ledger.source_done("cam")
     fenced = []
     publisher = Publisher(sink, PublishBuffer(None, 100, 0), ledger, PipelineObserver(), 5.0,
-                          on_fenced=lambda sid, lease: fenced.append((sid, lease)))
+                          on_refused=lambda sid, lease, why: fenced.append((sid, lease, why)))
     metas = tuple(FrameMeta("cam", i, None, 1000.0, 64, 48, lease="first") for i in (start, start + 1)) + tuple(
         FrameMeta("cam", i, None, 1000.0, 64, 48, lease="again") for i in range(start, start + 3))
     dets = tuple(Detections.empty() for _ in metas)
@@ -279,7 +279,7 @@ def test_a_batch_with_two_claims_of_a_stream_settles_the_new_claims_frames(redis
     done.put(future)
     done.put(END)
     publisher.run(done, failed=lambda: False)
-    assert fenced == [("cam", "first")]
+    assert fenced == [("cam", "first", "")]
     report = ledger.snapshot()["cam"]
     assert report.published == 3 and report.state == StreamState.FINISHED and ledger.backlog() == 0
     assert [decode_entry(f)["frame"] for _, f in client.xrange("lb:detections:{cam}")] == [0, 1, 2]

@@ -29,3 +29,27 @@ def test_control_channel_opened_while_redis_is_away_counts_commands_sent_after_i
         assert board.read_commands() == [{"op": "remove", "stream": "after"}]
     finally:
         server.stop()
+
+
+def test_a_refused_call_is_not_an_outage_and_is_said_once(redis_proc, caplog):
+    """A stream's status hash written over with a string: Redis answers WRONGTYPE to the
+    status write, every tick. That is not Redis going away (the coordinator would stop
+    claiming streams and flap readiness); the other rows are still written."""
+    import logging
+
+    from fpnstream.observe.metrics import DriverMetrics
+    from fpnstream.runtime.status_board import StatusBoard
+    from prometheus_client import CollectorRegistry
+
+    client = redis_proc.client()
+    client.set("sb:status:{bad}", "x")
+    board = StatusBoard(client, "sb", DriverMetrics(CollectorRegistry()))
+    with caplog.at_level(logging.WARNING):
+        for tick in range(3):
+            board.write_all({"bad": {"state": "failed", "decoded": tick}, "good": {"state": "streaming", "decoded": tick}})
+    assert board.up
+    assert client.hget("sb:status:{good}", "decoded") == b"2"
+    said = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert said == ["Redis refused a coordinator call: HSET sb:status:{bad}: WRONGTYPE Operation against a key "
+                    "holding the wrong kind of value"]
+    assert board.starts_new_run("bad", restart=False) is True  # the claim then refuses it, saying why
