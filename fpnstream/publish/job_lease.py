@@ -65,8 +65,10 @@ class JobLease:
         another job holds it and is alive."""
         try:
             self._acquire()
-        except redis.ResponseError as e:  # e.g. the key holds another type
-            raise JobConflict(f"cannot take the job lease {self._key}: {redact_text(str(e))}; delete that key") from None
+        except redis.ResponseError as e:
+            if "WRONGTYPE" in str(e):  # the key holds another type: no job's lease
+                raise JobConflict(f"cannot take the job lease {self._key}: {redact_text(str(e))}; delete that key") from None
+            raise SinkError(f"cannot take the job lease {self._key}: {redact_text(str(e))}") from None
         except redis.RedisError as e:
             raise SinkError(f"cannot take the job lease {self._key}: {redact_text(str(e))}") from None
         self._thread = threading.Thread(target=self._keep, name="job-lease", daemon=True)

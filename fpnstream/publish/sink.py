@@ -36,7 +36,8 @@ from fpnstream.publish.keys import events_key, status_key, stream_key
 # unfenced), entry count, per entry: frame index, field count, field, value, ..., event
 # count, per event: field count, field, value, ...; and last the stream's tracker state
 # after the batch ("" = not tracked). Returns per stream the entries written, -1 if fenced,
-# or why it cannot be written (one of its keys holds another type: nothing is written).
+# or why it cannot be written (a key of another type, a counter that is no integer:
+# nothing is written).
 # A stream's entries, events and state land together or not at all.
 
 # Checked before a stream is touched: a key someone wrote over (a string where the entries
@@ -49,6 +50,17 @@ local function unfit(...)
     if t ~= 'none' and t ~= pair[2] then return pair[1] .. ' holds a ' .. t .. ', not a ' .. pair[2] end
   end
   return false
+end
+-- The status hash's counters as integers, or false and why: a value written over by hand
+-- ("abc", or "1e3", which HINCRBY refuses) would fail the call part-way just the same.
+local function counters(key, ...)
+  local out = {}
+  for _, field in ipairs({...}) do
+    local v = redis.call('HGET', key, field)
+    if v and not string.match(v, '^%-?%d+$') then return false, key .. "'s " .. field .. ' is not an integer' end
+    out[field] = v and tonumber(v)
+  end
+  return out
 end
 """
 
@@ -67,9 +79,11 @@ for s = 1, #KEYS / 3 do
   local owner_arg, count = ARGV[i], tonumber(ARGV[i + 1])
   i = i + 2
   local why = unfit({entries_key, 'stream'}, {status_key, 'hash'}, {events_key, 'stream'})
+  local c = false
+  if not why then c, why = counters(status_key, 'last_frame', 'published') end
   local owner = not why and redis.call('HGET', status_key, 'owner')
   local fenced = why or (owner_arg ~= '' and owner and owner ~= owner_arg)
-  local last = why and 0 or tonumber(redis.call('HGET', status_key, 'last_frame') or '-1')
+  local last = c and c.last_frame or -1
   local written = 0
   for _ = 1, count do
     local frame, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
@@ -104,11 +118,13 @@ return out
 
 # KEYS: status hash, entries stream, events stream. ARGV: owner token ("" = unfenced), "1"
 # to start a new run. One script, so the owner change and the resume point are read and
-# written together. Returns {-2, why} if one of the keys holds another type.
+# written together. Returns {-2, why} if a key holds another type or a counter no integer.
 _CLAIM = _UNFIT + """
 local why = unfit({KEYS[1], 'hash'}, {KEYS[2], 'stream'}, {KEYS[3], 'stream'})
 if why then return {-2, why} end
-local run = tonumber(redis.call('HGET', KEYS[1], 'run') or '0')
+local c, bad = counters(KEYS[1], 'run', 'last_frame')
+if not c then return {-2, bad} end
+local run = c.run or 0
 if ARGV[2] == '1' or run == 0 then
   run = run + 1
   redis.call('HSET', KEYS[1], 'run', run, 'last_frame', -1, 'published', 0)

@@ -4,8 +4,9 @@ Each process spools into a folder of its own under the spool root, `<host>-<pid>
 and holds an exclusive flock on the `.lock` file in it for as long as the folder exists. A
 process that died (killed during an outage) holds nothing, so a new process can remove its
 folder: what it held was never published, and the streams' resume points are before it.
-A lock, not the pid: containers that share a host name have their own pid namespaces, and
-a pid is reused; a flock ends with its process whatever namespace it ran in.
+A lock, not only the pid: containers that share a host name have their own pid namespaces,
+and a pid is reused; a flock ends with its process whatever namespace it ran in. Only this
+host's folders are judged, and never this process's own (see `sweep`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _LOCK = ".lock"
-_NAME = re.compile(r"^.+-\d+-[0-9a-f]{8}$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())
 
 
 def own_folder(root: str | Path) -> Path:
-    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())
-    return Path(root) / f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return Path(root) / f"{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def hold(folder: Path) -> int:
@@ -53,9 +56,14 @@ def let_go(folder: Path, fd: int) -> None:
 
 def sweep(root: str | Path) -> int:
     """Remove the spool folders under `root` whose process is gone; returns how many."""
+    # Only this host's, and never this process's own (several workers of a local pool share
+    # a process): on NFS and CIFS a flock is a POSIX lock, which its own process can take
+    # again, and another host's locks may not be seen at all.
+    name = re.compile(rf"^{re.escape(_host())}-(\d+)-[0-9a-f]{{8}}$")
     removed = 0
     try:
-        folders = [p for p in Path(root).iterdir() if _NAME.match(p.name) and p.is_dir()]
+        folders = [p for p in Path(root).iterdir()
+                   if (m := name.match(p.name)) and int(m[1]) != os.getpid() and p.is_dir()]
     except FileNotFoundError:
         return 0
     for folder in folders:

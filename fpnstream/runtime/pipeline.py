@@ -113,12 +113,8 @@ class Pipeline:
         """Stop reading a stream (only if it reads for `lease`, when given); frames already
         queued are still detected and published."""
         with self._changing:  # never half-way through while the stream is added again
-            if lease is not None and self._sources.lease_of(stream_id) != lease:
+            if not self._sources.end(stream_id, state, lease):
                 return
-            if not self._sources.stop(stream_id):
-                return
-            self._ledger.end(stream_id, state)
-            self._mux.close_stream(stream_id)
         if state == StreamState.MOVED:
             log.warning("stream %s moved to another worker; this one stops feeding it", stream_id)
 
@@ -126,11 +122,13 @@ class Pipeline:
         """Redis refused frames of `stream_id` decoded under `lease`: another claim owns the
         stream (`why` empty: it moved), or its keys can never take them (it fails, `why`).
         Only the claim read now stops: an earlier claim's late frames leave the current alone."""
-        with self._changing:
-            if why and self._sources.lease_of(stream_id) == lease:
+        if not why:
+            return self.remove_source(stream_id, StreamState.MOVED, lease)
+        with self._changing:  # failed and stopped as one step: a re-add must not come between
+            if self._sources.lease_of(stream_id) == lease:
                 self._ledger.fail(stream_id, why)
+                self._sources.end(stream_id, StreamState.FAILED, lease)
                 log.error("%s", why)
-        self.remove_source(stream_id, StreamState.FAILED if why else StreamState.MOVED, lease)
 
     def stop_reading(self) -> None:
         for sid in self._sources.stream_ids():

@@ -80,6 +80,16 @@ class SourceSupervisor:
         src.stop.set()
         return True
 
+    def end(self, stream_id: str, state: StreamState, lease: str | None = None) -> bool:
+        """Stop the stream's decoder (only if it reads for `lease`, when given), end it in
+        the ledger as `state` and close its queue (what is queued is still handed out).
+        False if there is no such stream. The caller makes this one step with its own lock."""
+        if lease is not None and self.lease_of(stream_id) != lease or not self.stop(stream_id):
+            return False
+        self._ledger.end(stream_id, state)
+        self._mux.close_stream(stream_id)
+        return True
+
     def stream_ids(self) -> list[str]:
         return list(self._sources)
 

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -161,3 +163,23 @@ def test_claiming_a_stream_whose_key_holds_another_type_is_refused_with_the_reas
         sink.claim("cam", owner="tok")
     assert not client.exists("t:status:{cam}")  # nothing was claimed
     assert sink.claim("ok", owner="tok", restart=True) == 0
+
+
+@pytest.mark.parametrize("field, value", [("last_frame", "abc"), ("published", "1e3"), ("run", "x")])
+def test_a_status_counter_written_over_refuses_claim_or_publish_with_the_reason(redis_proc, field, value):
+    """Not an integer where the scripts count: the Lua call would fail part-way (after its
+    XADDs) on every retry; the stream is refused instead, and nothing is written."""
+    from fpnstream.core.errors import StreamUnwritable
+
+    client = redis_proc.client()
+    sink = RedisStreamSink(client, "t", maxlen=0, model_name="m")
+    sink.claim("cam", owner="tok", restart=True)
+    client.hset("t:status:{cam}", field, value)
+    why = f"t:status:{{cam}}'s {field} is not an integer"
+    if field == "run":
+        with pytest.raises(StreamUnwritable, match=re.escape(why)):
+            RedisStreamSink(client, "t", maxlen=0, model_name="m").claim("cam", owner="tok2")
+    else:
+        result = sink.publish(batch("cam", 0, 2, lease="tok"))
+        assert why in result.unwritable[("cam", "tok")] and result.written == {}
+    assert client.xlen("t:detections:{cam}") == 0 and client.hget("t:status:{cam}", field) == value.encode()

@@ -98,9 +98,13 @@ def test_a_drained_spool_leaves_no_folder_and_only_folders_of_processes_gone_are
         alive_folder = Path(alive.stdout.readline().strip())
         same_pid = tmp_path / f"{own.name.rsplit('-', 2)[0]}-{os.getpid()}-0123abcd"  # no lock: not judged
         same_pid.mkdir()
+        # Another host's, its lock free here (NFS may not show it to us): never judged.
+        elsewhere = tmp_path / "another-host-42-0123abcd"
+        elsewhere.mkdir()
+        (elsewhere / ".lock").touch()
         assert dead.is_dir() and alive_folder.is_dir()
         assert sweep(tmp_path) == 1
-        assert not dead.exists() and alive_folder.is_dir() and same_pid.is_dir()
+        assert not dead.exists() and alive_folder.is_dir() and same_pid.is_dir() and elsewhere.is_dir()
     finally:
         alive.stdin.close()
         alive.wait(10)
