@@ -20,7 +20,7 @@ from fpnstream.core.reports import JobSnapshot, RunReport
 from fpnstream.observe.merge import WorkerMetrics
 from fpnstream.observe.metrics import DriverMetrics, Metrics, serve
 from fpnstream.publish.connection import EmbeddedRedis, connect, is_cluster
-from fpnstream.publish.control import expand_env, migrate_legacy_keys
+from fpnstream.publish.control import control_end, expand_env, migrate_legacy_keys
 from fpnstream.publish.job_lease import JobLease
 from fpnstream.runtime.coordinator import Coordinator
 from fpnstream.runtime.pool import LocalPool, WorkerPool
@@ -71,6 +71,9 @@ def run_job(cfg: AppConfig, stop: threading.Event, environ=os.environ, metrics: 
         stack.callback(client.close)
         # One job per prefix, taken before anything is renamed, claimed or started.
         stack.enter_context(JobLease(client, cfg.redis.prefix))
+        # `streams add` works from here on (it checks for the lease): commands count from now,
+        # not from when Ray and the workers are up, seconds later.
+        control_from = control_end(client, cfg.redis.prefix)
         # Workers connect lazily (they must load while Redis is away), so they are told.
         cfg = cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"cluster": is_cluster(client)})})
         moved = migrate_legacy_keys(client, cfg.redis.prefix)
@@ -82,7 +85,7 @@ def run_job(cfg: AppConfig, stop: threading.Event, environ=os.environ, metrics: 
         server = serve(registry, cfg.metrics.port, cfg.metrics.host)
         if server is not None:
             stack.callback(server.close)
-        return run_coordinated(cfg, pool, StatusBoard(client, cfg.redis.prefix, driver_metrics), driver_metrics,
+        return run_coordinated(cfg, pool, StatusBoard(client, cfg.redis.prefix, driver_metrics, control_from), driver_metrics,
                                on_worker_metrics, stop, server, environ, on_tick)
 
 
@@ -113,8 +116,8 @@ def run_coordinated(cfg: AppConfig, pool: WorkerPool, board: StatusBoard, driver
     if server is not None:
         server.ready = coord.ready
     try:
+        board.start_control()  # (a job's board knows where since it took the prefix)
         coord.start_workers()
-        board.start_control()
         coord.add_streams(cfg.sources)
         while not stop.is_set():
             coord.tick()

@@ -10,6 +10,7 @@ import threading
 
 from fpnstream.core.errors import ConfigError, SinkError
 from fpnstream.core.redact import redact_text
+from fpnstream.publish.keys import job_key
 
 
 @contextlib.contextmanager
@@ -62,6 +63,7 @@ def stream_analytics(zones: list[str] | None, lines: list[str] | None, track: bo
 
 def cmd_streams(a: argparse.Namespace) -> int:
     from fpnstream.publish.control import read_status, send_add, send_remove
+    from fpnstream.publish.job_lease import describe_holder
     from fpnstream.sources.spec import parse_source_arg
 
     with _redis_session(a) as (client, cfg):
@@ -71,13 +73,18 @@ def cmd_streams(a: argparse.Namespace) -> int:
             if a.fps is not None and not 0 < a.fps <= 1000:  # as sources[].fps; NaN fails too
                 raise ConfigError("--fps must be within 0..1000 (> 0)")
             analytics = stream_analytics(a.zone, a.line, a.track)
+            _a_job_reads(client, prefix)
             send_add(client, prefix, src.id, src.uri, a.fps, analytics)
             print(f"fpnstream: asked the job to add {redact_text(src.uri)}", file=sys.stderr)
         elif a.streams_command == "remove":
+            _a_job_reads(client, prefix)
             send_remove(client, prefix, a.id)
             print(f"fpnstream: asked the job to remove {a.id}", file=sys.stderr)
         else:
             rows = read_status(client, prefix)
+            holder = client.get(job_key(prefix))
+            print(f"fpnstream: {'job on' if holder else 'no job running on'} prefix {prefix!r}"
+                  + (f": {describe_holder(holder)}" if holder else ""), file=sys.stderr)
             if a.json:
                 for row in rows:
                     print(json.dumps(row))
@@ -87,6 +94,14 @@ def cmd_streams(a: argparse.Namespace) -> int:
                 for row in rows:
                     print("\t".join(str(row.get(c, "")) for c in cols))
         return 0
+
+
+def _a_job_reads(client, prefix: str) -> None:
+    """A command only counts for a job running on the prefix (it reads those sent after it
+    took the prefix); sent with none, it would be ignored without a word."""
+    if not client.exists(job_key(prefix)):
+        raise ConfigError(f"no fpnstream job is running on Redis prefix {prefix!r}, so nothing would read the "
+                          f"command; start one (--keep-alive keeps it running without streams), then send it")
 
 
 def cmd_tail(a: argparse.Namespace) -> int:

@@ -65,6 +65,12 @@ def read_status(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
     return rows
 
 
+def control_end(client: redis.Redis, prefix: str) -> bytes | str:
+    """The id of the control channel's newest command ("0-0" if none): a job reads those after it."""
+    last = client.xrevrange(control_key(prefix), count=1)
+    return last[0][0] if last else "0-0"
+
+
 def write_statuses(client: redis.Redis, prefix: str, rows: Mapping[str, dict[str, Any]]) -> None:
     """Many streams' status hashes in one round trip (the coordinator writes every stream's
     each tick: one round trip per stream was most of a tick with thousands of streams)."""

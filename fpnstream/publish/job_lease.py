@@ -93,7 +93,7 @@ class JobLease:
                 raise JobConflict(_conflict(seen, self._prefix))
             if self._client.eval(_TAKE_OVER, 1, self._key, seen, self.value, self._ttl_ms):
                 log.warning("the job last on prefix %s (%s) stopped renewing its lease; this job takes over",
-                            self._prefix, _holder(seen))
+                            self._prefix, describe_holder(seen))
                 break
         else:
             raise JobConflict(f"jobs keep starting on Redis prefix {self._prefix!r} at once; start one")
@@ -112,7 +112,7 @@ class JobLease:
                     self._lost = True
                     log.error("another job took Redis prefix %s (%s) while this one was cut off; both now "
                               "claim the same streams (no frame is written twice)", self._prefix,
-                              _holder(self._client.get(self._key)))
+                              describe_holder(self._client.get(self._key)))
             except redis.RedisError as e:  # an outage: the job goes on, the lease is renewed when Redis is back
                 log.debug("job lease not renewed: %s", redact_text(str(e)))
 
@@ -133,7 +133,8 @@ class JobLease:
         self.release()
 
 
-def _holder(value: bytes | None) -> str:
+def describe_holder(value: bytes | None) -> str:
+    """Who holds a lease, in one line, for messages (host, pid, since when)."""
     try:
         d = json.loads(value or b"{}")
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(d["since"])))
@@ -143,5 +144,5 @@ def _holder(value: bytes | None) -> str:
 
 
 def _conflict(value: bytes, prefix: str) -> str:
-    return (f"another fpnstream job is running on Redis prefix {prefix!r} ({_holder(value)}); stop it, "
+    return (f"another fpnstream job is running on Redis prefix {prefix!r} ({describe_holder(value)}); stop it, "
             f"or give this job its own --redis-prefix")

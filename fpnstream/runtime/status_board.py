@@ -18,12 +18,14 @@ from fpnstream.runtime.redis_link import RedisLink
 
 
 class StatusBoard:
-    def __init__(self, client, prefix: str, driver_metrics: DriverMetrics) -> None:
+    def __init__(self, client, prefix: str, driver_metrics: DriverMetrics, control_from: bytes | str | None = None) -> None:
+        """`control_from`: the control channel's end when the job took the prefix (commands
+        after it count); None: read when the control channel starts."""
         self._client = client
         self._prefix = prefix
         self._metrics = driver_metrics
         self.link = RedisLink(client, on_down=self._down, on_up=lambda: driver_metrics.redis_up.set(1))
-        self._control_last: bytes | str | None = None  # None: not yet known (Redis away at start)
+        self._control_last: bytes | str | None = control_from  # None: not yet known (Redis away at start)
 
     def _down(self) -> None:
         self._metrics.redis_up.set(0)
@@ -61,6 +63,8 @@ class StatusBoard:
     def start_control(self) -> None:
         """Only commands sent after the job started count. With Redis away now, the channel's
         end is read when it is back (nothing can be sent meanwhile)."""
+        if self._control_last is not None:  # known since the job took the prefix
+            return
         last = self.link.call(self._client.xrevrange, control_key(self._prefix), count=1)
         if last is not None:
             self._control_last = last[0][0] if last else "0-0"

@@ -228,7 +228,18 @@ def test_streams_add_rejects_bad_zones_and_lines_in_one_line(redis_proc, extra, 
     assert redis_proc.client().xlen("fpnstream:control") == 0  # nothing half-sent
 
 
+def test_streams_add_and_remove_without_a_job_on_the_prefix_are_refused(redis_proc):
+    """Nothing would read them: the job reads only commands sent after it took the prefix."""
+    for args in (["add", "cam=rtsp://h/x"], ["remove", "cam"]):
+        proc = run_cli("streams", "--redis-url", redis_proc.url, *args)
+        assert_clean_error(proc, "no fpnstream job is running on Redis prefix 'fpnstream', so nothing would read")
+    assert redis_proc.client().xlen("fpnstream:control") == 0
+    listing = run_cli("streams", "--redis-url", redis_proc.url, "list")
+    assert listing.returncode == 0 and "no job running on prefix 'fpnstream'" in listing.stderr
+
+
 def test_streams_add_sends_zones_lines_and_tracking_as_data(redis_proc):
+    redis_proc.client().set("fpnstream:job", "{}", px=60_000)  # as a running job's lease
     proc = run_cli("streams", "--redis-url", redis_proc.url, "add", "cam=rtsp://h/x", "--track",
                    "--zone", "lobby:0,0;100,0;100,50", "--line", "door:0,20;100,20")
     assert proc.returncode == 0, proc.stderr

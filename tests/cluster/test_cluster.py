@@ -108,7 +108,9 @@ def test_streams_added_and_removed_at_runtime(long_clips, many_clips, redis_proc
     ctl = ["--redis-url", redis_proc.url, "--redis-prefix", "rt"]
     proc = start_run("--keep-alive", *FAST, "--weights", str(small_checkpoint), *ctl)
     try:
-        wait_for(lambda: client.hlen("rt:workers") == 1, proc, what="worker up")
+        # Sent as soon as the job holds the prefix, while its worker may still be loading:
+        # commands count from then on (before, one sent before the workers were up was lost).
+        wait_for(lambda: client.exists("rt:job"), proc, what="the job took the prefix")
         out = run_cli("streams", *ctl, "add", f"extra={many_clips[3]}")
         assert out.returncode == 0, out.stderr
         n = len(reference_frames(many_clips[3]))
@@ -120,6 +122,7 @@ def test_streams_added_and_removed_at_runtime(long_clips, many_clips, redis_proc
         assert run_cli("streams", *ctl, "remove", "long").returncode == 0
         wait_for(lambda: client.hget("rt:status:{long}", "state") == b"stopped", proc, what="stopped state")
         listing = run_cli("streams", *ctl, "list", "--json")
+        assert f"fpnstream: job on prefix 'rt': host " in listing.stderr and f"pid {proc.pid}," in listing.stderr
         rows = {r["id"]: r for r in map(json.loads, listing.stdout.splitlines())}
         assert rows["extra"]["state"] == "finished" and rows["long"]["state"] == "stopped"
         assert "owner" not in rows["extra"]
