@@ -9,8 +9,11 @@ import re
 # "?" (which belong percent-encoded) is still all user-info to a camera's firmware. An "@"
 # later in a URL's path or query hides a little more than needed: the safe side.
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>\S*)@")
-# Credentials in a query: redis-py reads unix:///path?password=..., so do others.
-_QUERY_SECRET = re.compile(r"(?P<key>[?&](?:password|passwd|pass|pwd|token|secret)=)[^&\s]*", re.IGNORECASE)
+# Credentials in a query: redis-py reads unix:///path?password=..., SRT its encryption key
+# from ?passphrase=, and cameras and streaming servers take tokens, keys and signatures so.
+_QUERY_SECRET = re.compile(
+    r"(?P<key>[?&](?:password|passwd|pass|pwd|passphrase|token|access_token|secret|key|apikey|api_key|auth|"
+    r"signature|sig)=)(?P<value>[^&\s]*)", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
@@ -26,6 +29,11 @@ def redact_text(text: str) -> str:
     error messages)."""
     text = _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
     return _QUERY_SECRET.sub(lambda m: f"{m.group('key')}***", text)
+
+
+def query_secrets(url: str) -> list[str]:
+    """The values of `url`'s query parameters that `redact_text` hides."""
+    return [m.group("value") for m in _QUERY_SECRET.finditer(url)]
 
 
 def userinfo(url: str) -> str | None:

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import redis
 
 from fpnstream.core.errors import ConfigError
-from fpnstream.core.redact import userinfo
+from fpnstream.core.redact import query_secrets, redact_url, userinfo
 from fpnstream.publish.connection import is_cluster
 from fpnstream.publish.keys import control_key, keys_of_stream, legacy_key, status_key, streams_key
 
@@ -32,10 +32,13 @@ def send_add(client: redis.Redis, prefix: str, stream_id: str | None, uri: str, 
              analytics: dict[str, Any] | None = None) -> str:
     """`analytics`: the stream's `tracking`, `zones` and `lines` (as in a config file)."""
     password = (userinfo(uri) or "").partition(":")[2]
-    if password and not re.fullmatch(rf"(?:{_ENV_REF.pattern})+", password):  # only ${VAR}s travel
+    secrets = [password] if password else []
+    secrets += query_secrets(uri)  # ?password=, SRT's ?passphrase=, ...
+    if any(not re.fullmatch(rf"(?:{_ENV_REF.pattern})+", secret) for secret in secrets):  # only ${VAR}s travel
         raise ConfigError(
             "refusing to send a password through Redis: write it as ${VAR} in the URI "
-            "(e.g. rtsp://viewer:${CAM_PASS}@host/x) and set VAR in the job's environment"
+            "(e.g. rtsp://viewer:${CAM_PASS}@host/x or srt://host:9000?passphrase=${SRT_PASS}) "
+            "and set VAR in the job's environment"
         )
     cmd = {"op": "add", "uri": uri}
     if stream_id:

@@ -52,12 +52,16 @@ local function unfit(...)
   return false
 end
 -- The status hash's counters as integers, or false and why: a value written over by hand
--- ("abc", or "1e3", which HINCRBY refuses) would fail the call part-way just the same.
+-- ("abc", or "1e3", which HINCRBY refuses) would fail the call part-way just the same, and
+-- so would one past int64 (or near it: the increment overflows); past 15 digits Lua's
+-- doubles lose integers too (a huge last_frame would skip every frame for ever).
 local function counters(key, ...)
   local out = {}
   for _, field in ipairs({...}) do
     local v = redis.call('HGET', key, field)
-    if v and not string.match(v, '^%-?%d+$') then return false, key .. "'s " .. field .. ' is not an integer' end
+    if v and not (string.match(v, '^%-?%d+$') and #v <= 15) then
+      return false, key .. "'s " .. field .. ' is not an integer of at most 15 digits'
+    end
     out[field] = v and tonumber(v)
   end
   return out

@@ -17,13 +17,14 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Mapping
 
 from fpnstream.config.settings import AppConfig, SourceConfig
-from fpnstream.core.errors import FpnstreamError
+from fpnstream.core.ids import STREAM_ID
 from fpnstream.core.redact import redact_text
 from fpnstream.core.reports import JobSnapshot, RunReport, StreamReport, StreamRow, StreamState, WorkerStatus
 from fpnstream.observe.metrics import DriverMetrics
@@ -57,7 +58,9 @@ def _status_fields(sid: str, s: _Stream) -> dict:
     state = s.ended or rep.state
     if s.ended is None and s.worker is None:
         state = StreamState.WAITING_FOR_WORKER
-    return {"state": state, "worker": "" if s.worker is None else s.worker, "fps": round(rep.fps, 2),
+    # `uri` and `live` every time too: a write skipped while Redis was away is made up by the next.
+    return {"state": state, "uri": s.spec.display, "live": int(s.spec.live),
+            "worker": "" if s.worker is None else s.worker, "fps": round(rep.fps, 2),
             "decoded": rep.decoded, "dropped": rep.dropped, "last_frame_ts": rep.last_frame_ts,
             "error": redact_text(rep.error or ""), "moves": s.moves, "last_move": s.last_move,
             "reconnects": rep.reconnects}
@@ -251,10 +254,13 @@ class Coordinator:
                     log.warning("control: no running stream %r to remove", cmd.get("id"))
             else:
                 log.warning("control: unknown command %r ignored", op)
-        except (FpnstreamError, ValueError, KeyError) as e:
-            log.warning("control: %s command rejected: %s", op, redact_text(str(e)))
-            if cmd.get("id"):
-                self._board.write(cmd["id"], {"state": StreamState.FAILED, "error": redact_text(str(e))})
+        except Exception as e:  # anyone who can write to Redis sends commands: none may end the job
+            log.warning("control: %s command rejected: %s", op, redact_text(str(e) or type(e).__name__))
+            sid = cmd.get("id", "")
+            # Said in the status of the stream it names, unless that one runs (a second add of
+            # a running stream is refused; the running one is not failed) or the id is no id.
+            if re.fullmatch(STREAM_ID, sid) and (sid not in self._streams or self._streams[sid].ended is not None):
+                self._board.write(sid, {"state": StreamState.FAILED, "error": redact_text(str(e) or type(e).__name__)})
 
     def _write_status(self) -> None:
         if self._board.up:  # while Redis is away, rewritten in full on the first tick after

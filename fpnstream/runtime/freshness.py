@@ -10,7 +10,7 @@ from fpnstream.core.frames import Frame
 
 
 class FreshnessPolicy:
-    def __init__(self, limit_s: float, is_live: Callable[[str], bool], on_stale: Callable[[str], None],
+    def __init__(self, limit_s: float, is_live: Callable[[str], bool], on_stale: Callable[[Frame], None],
                  batch_seconds: Callable[[], float], clock: Callable[[], float] = time.time) -> None:
         self._limit = limit_s
         self._is_live, self._on_stale = is_live, on_stale
@@ -30,7 +30,7 @@ class FreshnessPolicy:
         fresh = []
         for f in frames:
             if self._is_live(f.stream_id) and f.capture_ts < cutoff:
-                self._on_stale(f.stream_id)
+                self._on_stale(f)
             else:
                 fresh.append(f)
         return fresh

@@ -3,6 +3,10 @@
 Every accepted frame leaves exactly one way: published, or dropped for a counted reason;
 `pending` is what is still in between. A file's stream is FINISHED when its source ended
 and nothing is pending; a stream another worker took over is MOVED.
+
+A stream's report is its current claim's (`lease`): a frame of an earlier claim on this
+worker that is published or dropped late is counted in the metrics, never in the report
+or the pending count of the claim that followed it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from fpnstream.core.observer import PipelineObserver
 from fpnstream.core.reports import ENDED_STATES, StreamReport, StreamState
 
 # Drop reasons of frames that were accepted (counted in `pending`) and leave unpublished.
-_ACCEPTED_DROPS = frozenset({"queue_full", "behind", "stale", "spool_full", "unwritable"})
+_ACCEPTED_DROPS = frozenset({"queue_full", "behind", "stale", "spool_full", "unwritable", "fenced"})
 
 
 class StreamLedger:
@@ -23,17 +27,19 @@ class StreamLedger:
         self._lock = threading.Lock()
         self._reports: dict[str, StreamReport] = {}
         self._pending: dict[str, int] = {}
+        self._leases: dict[str, str] = {}
         self._fps_window: dict[str, tuple[float, int]] = {}
 
     # -- streams -----------------------------------------------------------------------------
-    def open(self, stream_id: str, live: bool) -> None:
-        """A (new or again opened) stream; raises if it is still running."""
+    def open(self, stream_id: str, live: bool, lease: str = "") -> None:
+        """A (new or again opened) stream, read for the claim `lease`; raises if it is still running."""
         with self._lock:
             old = self._reports.get(stream_id)
             if old is not None and old.state not in ENDED_STATES:
                 raise ValueError(f"stream {stream_id!r} is already running")
             self._reports[stream_id] = StreamReport(stream_id, live=live)
             self._pending[stream_id] = 0
+            self._leases[stream_id] = lease
         self._observer.stream_added(stream_id, again=old is not None)
         self._observer.source_up(stream_id, False)
 
@@ -85,12 +91,20 @@ class StreamLedger:
                 self._settle(stream_id, n)
 
     def drop_frames(self, metas, reason: str) -> None:
-        """Accepted frames (their FrameMeta) dropped for one reason, e.g. a full spool."""
+        """Accepted frames (their FrameMeta, or Frame) dropped for one reason, e.g. a full
+        spool; those of an earlier claim count in the metrics only."""
         for meta in metas:
-            self.drop(meta.stream_id, reason)
+            if self._leases.get(meta.stream_id) == meta.lease:
+                self.drop(meta.stream_id, reason)
+            else:
+                self._observer.dropped(meta.stream_id, reason, 1)
 
-    def published(self, stream_id: str, now: float, latency_s: float) -> None:
+    def published(self, meta, now: float, latency_s: float) -> None:
+        """A frame (its FrameMeta) is in Redis."""
+        stream_id = meta.stream_id
         with self._lock:
+            if self._leases.get(stream_id) != meta.lease:
+                return  # an earlier claim's frame: its report is gone
             report = self._reports[stream_id]
             report.latency_s = latency_s if report.published == 0 else report.latency_s + 0.1 * (latency_s - report.latency_s)
             report.published += 1

@@ -69,7 +69,7 @@ class Pipeline:
                                     analyze=analytics.process if analytics is not None else (lambda r: r))
         buffer.on_drop = lambda result: self._ledger.drop_frames(result.metas, "spool_full")
         self._freshness = None if freshness_s is None else FreshnessPolicy(
-            freshness_s, self._ledger.is_live, lambda sid: self._ledger.drop(sid, "stale"),
+            freshness_s, self._ledger.is_live, lambda frame: self._ledger.drop_frames((frame,), "stale"),
             lambda: self._publisher.batch_seconds)
         self._mux = FrameMux(on_drop=self._ledger.drop, keep_open=keep_open,
                              stale_after_s=self._freshness.age_budget if self._freshness else None)
@@ -99,7 +99,7 @@ class Pipeline:
 
         def prepare() -> None:
             nonlocal restored
-            self._ledger.open(sid, spec.live)
+            self._ledger.open(sid, spec.live, decoder.lease)
             if self._analytics is not None:
                 restored = self._analytics.open(sid, spec.tracking, spec.zones, spec.lines, saved_tracks, decoder.lease)
             self._mux.add_stream(sid, self._queue_size, DropPolicy.DROP_OLDEST if spec.live else DropPolicy.BLOCK,

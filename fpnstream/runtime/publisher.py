@@ -96,10 +96,11 @@ class Publisher:
             self.batch_seconds += 0.2 * (t.preprocess + t.inference + t.postprocess + publish_s - self.batch_seconds)
             now = time.time()
             for meta, latency in zip(result.metas, published.latencies):
-                if not published.refused(meta.stream_id, meta.lease):
-                    self._ledger.published(meta.stream_id, now, latency)
-                elif (meta.stream_id, meta.lease) in published.unwritable:
-                    self._ledger.drop(meta.stream_id, "unwritable")
+                claim = (meta.stream_id, meta.lease)
+                if not published.refused(*claim):
+                    self._ledger.published(meta, now, latency)
+                else:  # never written: another claim owns the stream, or its keys cannot take it
+                    self._ledger.drop_frames((meta,), "unwritable" if claim in published.unwritable else "fenced")
             self._buffer.pop()
             self._observer.published(result, published.latencies, published.skipped, self._ledger.reports())
             for sid, lease in published.fenced:

@@ -141,6 +141,8 @@ def test_live_rtsp_runs_until_sigint_then_drains(rtsp_url, redis_proc, small_che
         ([], "no sources"),
         (["--source", ""], "invalid source: uri"),
         (["--source", "x.mp4", "--redis-url", "redis:/:topsecret@127.0.0.1:6379"], "must start with redis://"),
+        (["--source", "rtsp://admin:${FPNSTREAM_TEST_UNSET}@127.0.0.1:1/x"],
+         "source rtsp://***@127.0.0.1:1/x refers to ${FPNSTREAM_TEST_UNSET}, which is not set"),
     ],
 )
 def test_bad_input_one_clear_line(args, fragment):

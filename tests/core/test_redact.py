@@ -35,3 +35,11 @@ def test_query_credentials_are_redacted():
     assert redact_text("cannot reach Redis at unix:///tmp/r.sock?password=s3:cr3t: refused") == \
         "cannot reach Redis at unix:///tmp/r.sock?password=*** refused"
     assert redact_url("rtsp://cam/live?user=a&Token=abc&x=1") == "rtsp://cam/live?user=a&Token=***&x=1"
+
+
+def test_srt_passphrases_and_query_keys_are_redacted():
+    assert redact_url("srt://10.0.0.5:9000?mode=caller&passphrase=hunter2hunter2") == \
+        "srt://10.0.0.5:9000?mode=caller&passphrase=***"
+    assert redact_text("open https://h/x.m3u8?key=k1&sig=abc&api_key=z failed") == \
+        "open https://h/x.m3u8?key=***&sig=***&api_key=*** failed"
+

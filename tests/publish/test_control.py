@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fpnstream.core.errors import ConfigError
-from fpnstream.publish.control import send_add, send_remove
+from fpnstream.publish.control import expand_env, send_add, send_remove
 
 
 @pytest.mark.parametrize("uri", [
@@ -14,6 +14,9 @@ from fpnstream.publish.control import send_add, send_remove
     "rtsp://${CAM_USER}:campass@cam/x",  # an env ref for the user only
     "rtsp://viewer:${CAM_PASS}literal@cam/x",
     "rtsp://viewer:p@ss@cam/x",
+    "srt://10.0.0.5:9000?mode=caller&passphrase=hunter2hunter2",  # SRT's encryption key
+    "rtsp://cam/x?user=viewer&password=hunter2",
+    "https://cams.example/x.m3u8?token=abc&passphrase=${OK}",  # one clear secret is enough to refuse
 ])
 def test_a_literal_password_is_never_written_to_redis(redis_proc, uri):
     client = redis_proc.client()
@@ -23,7 +26,7 @@ def test_a_literal_password_is_never_written_to_redis(redis_proc, uri):
 
 
 @pytest.mark.parametrize("uri", ["rtsp://viewer:${CAM_PASS}@cam/x", "rtsp://${U}:${P}@cam/x", "rtsp://cam/x",
-                                 "rtsp://viewer@cam/x", "/data/a.mp4"])
+                                 "rtsp://viewer@cam/x", "/data/a.mp4", "srt://h:9000?mode=caller&passphrase=${SRT_PASS}"])
 def test_env_refs_and_no_password_are_sent(redis_proc, uri):
     client = redis_proc.client()
     send_add(client, "ctl2", "cam", uri, None)
@@ -41,3 +44,9 @@ def test_removing_a_stream_the_job_never_had_is_refused(redis_proc):
     client.sadd("ctl3:streams", "cam")  # a stream the job has written a status for
     send_remove(client, "ctl3", "cam")
     assert client.xlen("ctl3:control") == 1
+
+
+def test_expanding_an_unset_variable_is_a_config_error_without_the_password():
+    with pytest.raises(ConfigError, match=r"source rtsp://\*\*\*@cam/x refers to \$\{NOPE\}, which is not set"):
+        expand_env("rtsp://admin:${NOPE}@cam/x", {})
+    assert expand_env("rtsp://admin:${P}@cam/x", {"P": "s3"}) == "rtsp://admin:s3@cam/x"

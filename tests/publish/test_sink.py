@@ -66,6 +66,34 @@ def test_connect_errors_are_one_line_and_redacted(tmp_path):
         proc.stop()
 
 
+def test_connecting_to_something_that_is_not_redis_is_one_line(tmp_path):
+    """An HTTP server (or any other) on the port: redis-py's protocol error, as a SinkError."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(1024)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        with pytest.raises(SinkError, match="does not answer like a Redis server") as e:
+            connect(f"redis://:hunter2@127.0.0.1:{server.getsockname()[1]}/0", socket_timeout_s=2)
+        assert "hunter2" not in str(e.value) and "\n" not in str(e.value)
+    finally:
+        server.close()
+
+
 def test_retried_and_resumed_batches_never_duplicate(redis_proc):
     client = redis_proc.client()
     sink = RedisStreamSink(client, "t", maxlen=0, model_name="m")
@@ -165,7 +193,9 @@ def test_claiming_a_stream_whose_key_holds_another_type_is_refused_with_the_reas
     assert sink.claim("ok", owner="tok", restart=True) == 0
 
 
-@pytest.mark.parametrize("field, value", [("last_frame", "abc"), ("published", "1e3"), ("run", "x")])
+@pytest.mark.parametrize("field, value", [("last_frame", "abc"), ("published", "1e3"), ("run", "x"),
+                                          # integers HINCRBY refuses, or that skip every frame
+                                          ("published", "9223372036854775807"), ("last_frame", "99999999999999999999")])
 def test_a_status_counter_written_over_refuses_claim_or_publish_with_the_reason(redis_proc, field, value):
     """Not an integer where the scripts count: the Lua call would fail part-way (after its
     XADDs) on every retry; the stream is refused instead, and nothing is written."""

@@ -92,7 +92,10 @@ def test_malformed_control_commands_are_rejected_one_by_one_and_the_job_goes_on(
     bad = [{"op": "add", "uri": str(clip), "id": "not-an-object", "analytics": "[1]"},
            {"op": "add", "uri": str(clip), "id": "sets-the-uri", "analytics": '{"uri": "/elsewhere.mp4"}'},
            {"op": "add", "uri": str(clip), "id": "broken-json", "analytics": "{"},
-           {"op": b"\xff\xfeadd", "id": "not-utf8", "uri": b"\xc3\x28"}]
+           {"op": b"\xff\xfeadd", "id": "not-utf8", "uri": b"\xc3\x28"},
+           {"op": "add", "uri": "rtsp://viewer:${FPNSTREAM_UNSET_VAR}@cam/x", "id": "unset-var"},
+           {"op": "add", "uri": str(clip), "id": "deep-json", "analytics": "[" * 100_000 + "]" * 100_000},
+           {"op": "add", "uri": str(clip), "id": "live"}]  # the running stream, once more
 
     def send_when_running() -> None:
         while not client.exists("mc:detections:{live}"):  # the job has started and reads commands
@@ -109,6 +112,10 @@ def test_malformed_control_commands_are_rejected_one_by_one_and_the_job_goes_on(
     assert client.hget("mc:status:{not-an-object}", "error") == b"analytics must be a JSON object"
     assert client.hget("mc:status:{sets-the-uri}", "error") == b"analytics may not set uri"
     assert client.hget("mc:status:{broken-json}", "state") == b"failed"
+    assert client.hget("mc:status:{unset-var}", "error") == \
+        b"source rtsp://***@cam/x refers to ${FPNSTREAM_UNSET_VAR}, which is not set"
+    assert client.hget("mc:status:{deep-json}", "state") == b"failed"
+    assert client.hget("mc:status:{live}", "error") == b""  # the refused second add did not fail it
     assert not client.exists("mc:detections:{not-an-object}") and not client.exists("mc:detections:{sets-the-uri}")
 
 
@@ -140,3 +147,35 @@ def test_a_stream_fenced_under_its_owner_is_claimed_again_and_loses_nothing(tmp_
     assert frames(client, "mf", "f") == list(range(40))
     assert report.streams["f"].state == "finished"
     assert client.hget("mf:status:{f}", "last_move") == b"worker 0 fenced by another claim"
+
+
+def test_a_stream_added_while_redis_is_away_gets_its_whole_status_once_it_is_back(tmp_path):
+    """Every status write the coordinator skips in an outage is made up by a later tick:
+    the stream's `uri` and `live` too, not only what changes."""
+    import redis
+
+    from fpnstream.config.settings import SourceConfig
+    from fpnstream.runtime.coordinator import Coordinator
+    from tests.conftest import RedisProc
+
+    server = RedisProc(tmp_path)
+    port = server.port
+    server.proc.kill()
+    server.proc.wait()
+    cfg = build_config({"sources": [], "keep_alive": True, "ray": {"in_process": True},
+                        "redis": {"url": f"redis://127.0.0.1:{port}/0", "prefix": "ua", "spool_dir": None},
+                        "metrics": {"port": 0}})
+    metrics = DriverMetrics(CollectorRegistry())
+    board = StatusBoard(redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2), "ua", metrics, "0-0")
+    coordinator = Coordinator(cfg, LocalPool(cfg, cfg.redis.url, size=0), board, metrics, environ={})
+    try:
+        coordinator.add_streams([SourceConfig(id="cam", uri="rtsp://viewer:pw@10.0.0.9/live")])
+        assert not board.up
+        server = RedisProc(tmp_path, port=port)
+        board.link._next_probe = 0.0  # probe now rather than after the backoff
+        coordinator.tick()
+        status = server.client().hgetall("ua:status:{cam}")
+        assert status[b"uri"] == b"rtsp://***@10.0.0.9/live" and status[b"live"] == b"1"
+        assert status[b"state"] == b"waiting_for_worker"
+    finally:
+        server.stop()

@@ -263,7 +263,7 @@ def test_a_batch_with_two_claims_of_a_stream_settles_the_new_claims_frames(redis
     sink.claim("cam", owner="first", restart=True)
     start = sink.claim("cam", owner="again")  # the stream came back to this worker
     ledger = StreamLedger(PipelineObserver())
-    ledger.open("cam", live=False)
+    ledger.open("cam", live=False, lease="again")
     for _ in range(3):
         ledger.accept("cam")
     ledger.source_done("cam")
@@ -283,3 +283,39 @@ def test_a_batch_with_two_claims_of_a_stream_settles_the_new_claims_frames(redis
     report = ledger.snapshot()["cam"]
     assert report.published == 3 and report.state == StreamState.FINISHED and ledger.backlog() == 0
     assert [decode_entry(f)["frame"] for _, f in client.xrange("lb:detections:{cam}")] == [0, 1, 2]
+
+
+def test_frames_fenced_when_another_worker_took_the_stream_are_settled_as_fenced(redis_proc):
+    """Frames in flight when another claim took the stream are never written; they leave the
+    ledger as dropped (`fenced`), so the backlog goes back to 0 instead of staying inflated."""
+    import queue
+    from concurrent.futures import Future
+
+    from fpnstream.core.frames import BatchResult, Detections, FrameMeta, StageTimes
+    from fpnstream.core.observer import PipelineObserver
+    from fpnstream.publish.spool import PublishBuffer
+    from fpnstream.runtime.ledger import StreamLedger
+    from fpnstream.runtime.publisher import END, Publisher
+
+    client = redis_proc.client()
+    sink = RedisStreamSink(client, "fb", maxlen=0, model_name="m")
+    sink.claim("cam", owner="mine", restart=True)
+    RedisStreamSink(client, "fb", maxlen=0, model_name="m").claim("cam", owner="theirs")
+    ledger = StreamLedger(PipelineObserver())
+    ledger.open("cam", live=False, lease="mine")
+    for _ in range(3):
+        ledger.accept("cam")
+    refused = []
+    publisher = Publisher(sink, PublishBuffer(None, 100, 0), ledger, PipelineObserver(), 5.0,
+                          on_refused=lambda sid, lease, why: refused.append((sid, lease)))
+    metas = tuple(FrameMeta("cam", i, None, 1000.0, 64, 48, lease="mine") for i in range(3))
+    done = queue.Queue()
+    future = Future()
+    future.set_result(BatchResult(metas, tuple(Detections.empty() for _ in metas), StageTimes(0, 0, 0)))
+    done.put(future)
+    done.put(END)
+    publisher.run(done, failed=lambda: False)
+    assert refused == [("cam", "mine")]
+    report = ledger.snapshot()["cam"]
+    assert report.published == 0 and report.dropped == {"fenced": 3} and ledger.backlog() == 0
+    assert client.xlen("fb:detections:{cam}") == 0

@@ -53,3 +53,13 @@ def test_a_refused_call_is_not_an_outage_and_is_said_once(redis_proc, caplog):
     assert said == ["Redis refused a coordinator call: HSET sb:status:{bad}: WRONGTYPE Operation against a key "
                     "holding the wrong kind of value"]
     assert board.starts_new_run("bad", restart=False) is True  # the claim then refuses it, saying why
+
+
+def test_a_published_counter_that_is_no_integer_reads_as_unknown(redis_proc):
+    """The end-of-job report reads it; a value written over by hand (the stream failed for
+    it) must not end the job with an internal error."""
+    client = redis_proc.client()
+    client.hset("pc:status:{cam}", mapping={"published": "abc"})
+    client.hset("pc:status:{ok}", mapping={"published": "7"})
+    board = StatusBoard(client, "pc", DriverMetrics(CollectorRegistry()))
+    assert board.published("cam") is None and board.published("ok") == 7
