@@ -24,6 +24,7 @@ from fpnstream.publish.control import control_end, expand_env, migrate_legacy_ke
 from fpnstream.publish.job_lease import JobLease
 from fpnstream.runtime.coordinator import Coordinator
 from fpnstream.runtime.pool import LocalPool, WorkerPool
+from fpnstream.runtime.redis_link import OutageDeadline
 from fpnstream.runtime.status_board import StatusBoard
 from fpnstream.sources import SourceSpec, VideoDecoder, resolve_sources
 
@@ -119,11 +120,17 @@ def run_coordinated(cfg: AppConfig, pool: WorkerPool, board: StatusBoard, driver
         board.start_control()  # (a job's board knows where since it took the prefix)
         coord.start_workers()
         coord.add_streams(cfg.sources)
+        outage = OutageDeadline(cfg.redis.outage_wait_s)
         while not stop.is_set():
             coord.tick()
             if on_tick is not None:
                 on_tick(coord.snapshot(time.monotonic() - started))
             if not cfg.keep_alive and coord.all_ended():
+                break
+            if not cfg.keep_alive and outage.expired(not board.up and coord.only_publishing_left()):
+                why = f"Redis unreachable for {cfg.redis.outage_wait_s:g} s (redis.outage_wait_s) at the end of the run"
+                log.error("%s; frames decoded and not published are lost", why)
+                coord.fail_open_streams(why)
                 break
             stop.wait(0.5)
         if stop.is_set():

@@ -3,6 +3,7 @@ first. Keeps detections through a Redis outage instead of dropping them silently
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -61,13 +62,24 @@ class PublishBuffer:
             if self._spool_bytes + len(data) > self._max_spool_bytes:
                 self._drop(result, f"spool full ({self._max_spool_bytes // 2**20} MiB)")
                 return
-            if self._held is None:
-                self._held = hold(self._dir)
             path = self._dir / f"{self._seq:012d}.batch"
-            self._seq += 1
             tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            try:
+                if self._held is None:
+                    self._held = hold(self._dir)
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+            except OSError as e:
+                # A full disk or a folder that cannot be made: the frames are lost like on a
+                # full spool, counted, and the publisher goes on (it must not end the worker).
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+                if not self._files and self._held is not None:  # nothing in it: no folder left behind
+                    let_go(self._dir, self._held)
+                    self._held = None
+                self._drop(result, f"the spool cannot be written ({e.strerror or e})")
+                return
+            self._seq += 1
             self._files.append((path, len(data), n))
             self._spool_bytes += len(data)
 

@@ -12,23 +12,21 @@ nothing of Ray, so `--in-process` and a cluster run follow the same rules:
 
 from __future__ import annotations
 
-import json
 
 import logging
 import math
 import os
-import re
 import time
 import uuid
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Mapping
 
 from fpnstream.config.settings import AppConfig, SourceConfig
-from fpnstream.core.ids import STREAM_ID
 from fpnstream.core.redact import redact_text
 from fpnstream.core.reports import JobSnapshot, RunReport, StreamReport, StreamRow, StreamState, WorkerStatus
 from fpnstream.observe.metrics import DriverMetrics
 from fpnstream.publish.control import expand_env
+from fpnstream.runtime.control_commands import ControlCommands
 from fpnstream.runtime.pool import ClaimFailed, ClaimRefused, WorkerGone, WorkerPool
 from fpnstream.runtime.roster import WorkerRoster, WorkerState
 from fpnstream.runtime.scaling import Placement, PoolScaler, ScalingPolicy
@@ -90,18 +88,6 @@ def _take_report(s: _Stream, index: int, rep: StreamReport) -> None:
         s.ended = rep.state
 
 
-def _source_of(cmd: dict[str, str]) -> SourceConfig:
-    """The stream an `add` command asks for. Anyone who can write to Redis can send one:
-    its analytics are data (JSON, validated like a config file) and set nothing else."""
-    fps = float(cmd["fps"]) if cmd.get("fps") else None
-    analytics = json.loads(cmd["analytics"]) if cmd.get("analytics") else {}
-    if not isinstance(analytics, dict):
-        raise ValueError("analytics must be a JSON object")
-    if clash := sorted({"uri", "id", "fps"} & analytics.keys()):
-        raise ValueError(f"analytics may not set {', '.join(clash)}")
-    return SourceConfig(uri=cmd["uri"], id=cmd.get("id") or None, fps=fps, **analytics)
-
-
 class Coordinator:
     def __init__(self, cfg: AppConfig, pool: WorkerPool, board: StatusBoard, driver_metrics: DriverMetrics,
                  on_worker_metrics: Callable[[int, str], None] = lambda i, text: None,
@@ -117,6 +103,7 @@ class Coordinator:
         elastic = cfg.ray.num_actors is None and not cfg.ray.in_process
         self._scaler = PoolScaler(ScalingPolicy(cfg.ray, elastic), self._roster, pool, driver_metrics)
         self._streams: dict[str, _Stream] = {}
+        self._commands = ControlCommands(self.add_streams, self.remove_stream, self._running, board.write)
 
     # -- workers -----------------------------------------------------------------------------
     def start_workers(self) -> None:
@@ -174,6 +161,9 @@ class Coordinator:
             added.append(spec.stream_id)
         return added
 
+    def _running(self, stream_id: str) -> bool:
+        return stream_id in self._streams and self._streams[stream_id].ended is None
+
     def remove_stream(self, stream_id: str) -> bool:
         s = self._streams.get(stream_id)
         if s is None or s.ended is not None:
@@ -198,7 +188,7 @@ class Coordinator:
                           self._move)
         self._roster.record()
         for cmd in self._board.read_commands():
-            self._apply(cmd)
+            self._commands.apply(cmd)
         self._write_status()
 
     def _take_reports(self, index: int, st: WorkerStatus) -> None:
@@ -241,27 +231,6 @@ class Coordinator:
                     s.moves += 1
                     s.last_move, s.displaced = s.displaced, ""
 
-    def _apply(self, cmd: dict[str, str]) -> None:
-        op = cmd.get("op")
-        try:
-            if op == "add":
-                added = self.add_streams([_source_of(cmd)])
-                log.info("control: added stream(s) %s", ", ".join(added))
-            elif op == "remove":
-                if self.remove_stream(cmd.get("id", "")):
-                    log.info("control: removed stream %s", cmd["id"])
-                else:
-                    log.warning("control: no running stream %r to remove", cmd.get("id"))
-            else:
-                log.warning("control: unknown command %r ignored", op)
-        except Exception as e:  # anyone who can write to Redis sends commands: none may end the job
-            log.warning("control: %s command rejected: %s", op, redact_text(str(e) or type(e).__name__))
-            sid = cmd.get("id", "")
-            # Said in the status of the stream it names, unless that one runs (a second add of
-            # a running stream is refused; the running one is not failed) or the id is no id.
-            if re.fullmatch(STREAM_ID, sid) and (sid not in self._streams or self._streams[sid].ended is not None):
-                self._board.write(sid, {"state": StreamState.FAILED, "error": redact_text(str(e) or type(e).__name__)})
-
     def _write_status(self) -> None:
         if self._board.up:  # while Redis is away, rewritten in full on the first tick after
             self._board.write_all({sid: _status_fields(sid, s) for sid, s in self._streams.items()})
@@ -274,6 +243,19 @@ class Coordinator:
     def all_ended(self) -> bool:
         return all(s.ended is not None for s in self._streams.values())
 
+    def only_publishing_left(self) -> bool:
+        """Every stream that has not ended is a file with nothing left to decode, or one
+        not claimed yet: only Redis can move the job on (see `fail_open_streams`)."""
+        left = [s for s in self._streams.values() if s.ended is None]
+        return bool(left) and all(not s.spec.live and (s.worker is None or s.report is not None and
+                                                       s.report.state == StreamState.DRAINING) for s in left)
+
+    def fail_open_streams(self, why: str) -> None:
+        for sid, s in self._streams.items():
+            if s.ended is None:
+                s.ended = StreamState.FAILED
+                s.report = replace(s.report or StreamReport(sid), state=StreamState.FAILED, error=why)
+
     def snapshot(self, seconds: float) -> JobSnapshot:
         """The operator's view of the job now."""
         rows = [_row(sid, s) for sid, s in self._streams.items()]
@@ -285,7 +267,9 @@ class Coordinator:
             for sid, rep in st.streams.items():
                 s = self._streams.get(sid)
                 if s is not None and s.worker == idx:
-                    s.report = rep
+                    # A stream failed here (e.g. Redis gone for good) keeps the reason it failed for.
+                    failed_for = s.report.error if s.ended == StreamState.FAILED and s.report else None
+                    s.report = replace(rep, error=failed_for) if failed_for else rep
                     if s.ended is None:
                         s.ended = rep.state if rep.state.ended else StreamState.STOPPED
         self._write_status()

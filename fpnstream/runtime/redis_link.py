@@ -32,12 +32,18 @@ class RedisLink:
         self._on_down, self._on_up, self._clock = on_down, on_up, clock
         self._backoff = Backoff(0.25, 2.0)  # a PING every 2 s at most is cheap; readiness follows Redis closely
         self._up = True
+        self._down_at = 0.0  # when the current outage began (clock)
         self._next_probe = 0.0
         self._refusals: set[str] = set()
 
     @property
     def up(self) -> bool:
         return self._up
+
+    @property
+    def down_s(self) -> float:
+        """How long Redis has been away (0 while up)."""
+        return 0.0 if self._up else self._clock() - self._down_at
 
     def call(self, fn: Callable[..., T], *args: Any, default: T = None, **kwargs: Any) -> T:
         if not self._up:
@@ -90,5 +96,25 @@ class RedisLink:
             log.warning("Redis unreachable from the coordinator (%s); detection goes on, results are buffered, "
                         "retrying with backoff", redact_text(str(e)).splitlines()[0] if str(e) else type(e).__name__)
             self._up = False
+            self._down_at = self._clock()
             self._on_down()
         self._next_probe = self._clock() + self._backoff.next_delay()
+
+
+class OutageDeadline:
+    """The end-of-run rule for a Redis outage, for a whole job, as the in-process publisher
+    has it for its own: once nothing but publishing is left, wait at most `wait_s` for Redis
+    (counted from when that began, however long Redis had been away before), then give up."""
+
+    def __init__(self, wait_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._wait_s, self._clock = wait_s, clock
+        self._since: float | None = None
+
+    def expired(self, stuck: bool) -> bool:
+        """`stuck`: Redis is away and only publishing is left, now."""
+        if not stuck:
+            self._since = None
+            return False
+        if self._since is None:
+            self._since = self._clock()
+        return self._clock() - self._since >= self._wait_s

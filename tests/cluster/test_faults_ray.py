@@ -306,3 +306,44 @@ def test_a_second_job_on_the_same_prefix_is_refused_and_the_first_goes_on(tmp_pa
     third = run_cli("run", "--source", f"g={clip}", *common, timeout=240)
     assert third.returncode == 0, third.stderr[-3000:]
     assert client.xlen("one:detections:{g}") == 240
+
+
+def test_redis_gone_for_good_at_the_end_of_a_run_ends_the_job_with_the_reason(tmp_path, small_checkpoint):
+    """Redis dies and never comes back while a file's frames wait to be published. The
+    workers' pipelines stay open for streams the coordinator may still give them, so their
+    publishers' end-of-run wait never started and the job waited for ever. Now the job gives
+    up `redis.outage_wait_s` after only publishing was left: one line, exit 1, the frames
+    published before the outage are all there, in order."""
+    n = 100
+    clip = write_clip(tmp_path / "paced.mp4", frames=n, width=96, height=64, fps=25, seed=4)
+    data = tmp_path / "redis-data"
+    data.mkdir()
+    persist = ("--appendonly", "yes", "--appendfsync", "always")  # what landed, to read after the kill
+    server = RedisProc(data, *persist)
+    cfg = tmp_path / "gone.yaml"
+    cfg.write_text("ray:\n  poll_interval_s: 1\nredis:\n  outage_wait_s: 3\n  socket_timeout_s: 2\n"
+                   f"sources:\n  - id: f\n    uri: {clip}\n    realtime: true\n")
+    proc = start_run("--config", str(cfg), *FAST, "--weights", str(small_checkpoint), "--redis-url", server.url,
+                     "--metrics-port", "0")
+    try:
+        wait_for(lambda: server.client().xlen("fpnstream:detections:{f}") >= 20, proc, what="20 frames")
+        killed_at = time.monotonic()
+        server.proc.kill()
+        server.proc.wait()
+        _, err = proc.communicate(timeout=180)
+        ended_after_s = time.monotonic() - killed_at
+    finally:
+        proc.kill()
+        server.stop()
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in err and "internal error" not in err, err[-3000:]
+    assert "Redis unreachable for 3 s (redis.outage_wait_s) at the end of the run" in err, err[-3000:]
+    assert "1 stream(s) failed" in err, err[-3000:]
+    kept = RedisProc(data, *persist)
+    try:
+        frames = [e["frame"] for e in entries(kept.client(), "fpnstream:detections:{f}")]
+    finally:
+        kept.stop()
+    record("Redis killed for good near the end of a run", published_before_the_kill=len(frames),
+           ended_after_s=round(ended_after_s, 1), exit_code=proc.returncode)
+    assert len(frames) >= 20 and frames == list(range(len(frames)))

@@ -109,3 +109,16 @@ def test_a_drained_spool_leaves_no_folder_and_only_folders_of_processes_gone_are
         alive.stdin.close()
         alive.wait(10)
     assert sweep(tmp_path) == 1 and not alive_folder.exists()  # it ended: now it is swept too
+
+
+def test_a_spool_that_cannot_be_written_drops_and_counts_and_leaves_nothing(tmp_path):
+    """A full disk, or a spool path that cannot be a folder: the frames are dropped like on a
+    full spool (counted), never an exception out of the publisher; no half-written file."""
+    (tmp_path / "a-file").write_text("not a folder")
+    dropped = []
+    buf = PublishBuffer(tmp_path / "a-file" / "spool", memory_frames=2, spool_bytes=10**7, on_drop=dropped.append)
+    for k in range(4):
+        buf.append(batch("s", 2 * k, 2))  # the first fits in memory, the rest would spool
+    assert [m.index for b in dropped for m in b.metas] == [2, 3, 4, 5, 6, 7]
+    assert drain(buf) == [0, 1] and not buf
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
