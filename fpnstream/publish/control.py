@@ -60,10 +60,11 @@ def send_remove(client: redis.Redis, prefix: str, stream_id: str) -> str:
 
 def read_status(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
     rows = []
-    for sid in sorted(m.decode() for m in client.smembers(streams_key(prefix))):
+    # Bytes that are not UTF-8 (written by hand) are shown as U+FFFD rather than failing the listing.
+    for sid in sorted(m.decode(errors="replace") for m in client.smembers(streams_key(prefix))):
         # `owner` is a fencing token and `tracks` the binary tracker state: neither is status.
-        h = {k.decode(): v.decode() for k, v in client.hgetall(status_key(prefix, sid)).items()
-             if k not in (b"owner", b"tracks")}
+        h = {k.decode(errors="replace"): v.decode(errors="replace")
+             for k, v in client.hgetall(status_key(prefix, sid)).items() if k not in (b"owner", b"tracks")}
         rows.append({"id": sid, **h})
     return rows
 

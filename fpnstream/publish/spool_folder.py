@@ -35,7 +35,9 @@ def own_folder(root: str | Path) -> Path:
 
 def hold(folder: Path) -> int:
     """Make `folder` and lock it; returns the lock's descriptor (keep it open)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    # This process's alone (0700): what is in it is unpickled when Redis is back, so no other
+    # user may put files there.
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Locked under another name, then renamed: a sweeper never finds a `.lock` unlocked.
     tmp = folder / f"{_LOCK}.{uuid.uuid4().hex[:8]}"
     fd = os.open(tmp, os.O_CREAT | os.O_RDWR, 0o600)

@@ -50,3 +50,14 @@ def test_expanding_an_unset_variable_is_a_config_error_without_the_password():
     with pytest.raises(ConfigError, match=r"source rtsp://\*\*\*@cam/x refers to \$\{NOPE\}, which is not set"):
         expand_env("rtsp://admin:${NOPE}@cam/x", {})
     assert expand_env("rtsp://admin:${P}@cam/x", {"P": "s3"}) == "rtsp://admin:s3@cam/x"
+
+
+def test_status_written_over_with_bytes_that_are_not_utf8_still_lists(redis_proc):
+    from fpnstream.publish.control import read_status
+
+    client = redis_proc.client()
+    client.sadd("ctl4:streams", b"cam", b"\xff\xfe")
+    client.hset("ctl4:status:{cam}", mapping={"state": b"\xc3\x28", "owner": "tok"})
+    rows = read_status(client, "ctl4")
+    assert [r["id"] for r in rows] == ["cam", "\ufffd\ufffd"]
+    assert rows[0] == {"id": "cam", "state": "\ufffd("}

@@ -82,6 +82,7 @@ def test_a_drained_spool_leaves_no_folder_and_only_folders_of_processes_gone_are
     for k in range(3):
         buf.append(batch("s", 2 * k, 2))  # the first waits in memory, the others on disk
     assert len(list(own.glob("*.batch"))) == 2
+    assert own.stat().st_mode & 0o777 == 0o700  # its files are unpickled later: no one else's to write
     assert sweep(tmp_path) == 0 and own.is_dir()  # ours, and we are alive
     assert drain(buf) == list(range(6))
     assert not own.exists()  # the outage is over
