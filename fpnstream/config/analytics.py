@@ -27,6 +27,25 @@ TRACKER_PARAMS = {
 }
 
 
+# What each parameter may be (the library fails later, mid-run, or tracks nothing otherwise).
+_INTEGER_PARAMS = {"lost_track_buffer": 0, "minimum_consecutive_frames": 1}  # name -> least value
+_SHARES = {"track_activation_threshold", "minimum_iou_threshold", "high_conf_det_threshold"}  # 0..1
+
+
+def _check_params(algorithm: str, params: dict[str, float]) -> None:
+    known = TRACKER_PARAMS.get(algorithm) or set().union(*TRACKER_PARAMS.values())
+    if unknown := set(params) - known:
+        raise ValueError(f"unknown {algorithm} parameter(s): {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(sorted(known))}")
+    for name, v in params.items():
+        if name in _INTEGER_PARAMS and (v != int(v) or v < _INTEGER_PARAMS[name]):
+            raise ValueError(f"tracking parameter {name} must be a whole number >= {_INTEGER_PARAMS[name]}, not {v:g}")
+        if name in _SHARES and not 0 <= v <= 1:
+            raise ValueError(f"tracking parameter {name} must be between 0 and 1, not {v:g}")
+        if name == "frame_rate" and not 0 < v <= 1000:
+            raise ValueError(f"tracking parameter frame_rate must be above 0 and at most 1000, not {v:g}")
+
+
 class TrackingConfig(_Strict):
     enabled: bool = Field(default=False, description="track objects (adds track_id to detections)")
     algorithm: Literal["bytetrack", "sort"] = Field(default="bytetrack", description="a tracker of the `trackers` library")
@@ -36,10 +55,7 @@ class TrackingConfig(_Strict):
 
     @model_validator(mode="after")
     def _known_params(self) -> TrackingConfig:
-        unknown = set(self.params) - TRACKER_PARAMS[self.algorithm]
-        if unknown:
-            raise ValueError(f"unknown {self.algorithm} parameter(s): {', '.join(sorted(unknown))}; "
-                             f"known: {', '.join(sorted(TRACKER_PARAMS[self.algorithm]))}")
+        _check_params(self.algorithm, self.params)
         return self
 
 
@@ -49,6 +65,13 @@ class TrackingOverride(_Strict):
     enabled: bool | None = None
     algorithm: Literal["bytetrack", "sort"] | None = None
     params: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_params(self) -> TrackingOverride:
+        # Without an algorithm of its own, the job's applies, unknown here: any algorithm's
+        # names pass, and `over` checks the stream's result against the job's.
+        _check_params(self.algorithm or "any algorithm", self.params)
+        return self
 
     def over(self, base: TrackingConfig) -> TrackingConfig:
         algorithm = self.algorithm or base.algorithm

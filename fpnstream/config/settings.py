@@ -224,17 +224,43 @@ class AppConfig(_Strict):
                                      description="progress: a live table on a terminal, else a log line per stream this often; 0 = off")
     restart: bool = Field(default=False, description="start every stream over as a new run, even one whose last run was cut short")
 
+    @model_validator(mode="after")
+    def _stream_tracking(self) -> AppConfig:
+        for i, s in enumerate(self.sources):
+            stream_tracking(s, self.tracking, f"sources.{i}.tracking")
+        return self
+
+
+def stream_tracking(source: SourceConfig, job: TrackingConfig, where: str = "tracking") -> TrackingConfig:
+    """The tracking a stream runs with: its override over the job's, checked as a whole (a
+    parameter of the other algorithm, say), so it fails here rather than when the stream opens."""
+    if source.tracking is None:
+        return job
+    try:
+        return source.tracking.over(job)
+    except ValidationError as e:
+        raise ValueError(f"{where}: " + _one_line(e)) from None
+
+
+MAX_CONFIG_BYTES = 4 * 2**20  # far past any real config; /dev/zero would fill memory
+
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        if not p.is_file():  # a FIFO would block for ever, a device never end
+            raise ConfigError(f"config file {p} is not a regular file")
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {p} is over {MAX_CONFIG_BYTES // 2**20} MiB: not a config")
         text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {p}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {p}: {e}") from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"malformed YAML in {p}: nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -290,10 +316,10 @@ def _one_line(err: ValidationError) -> str:
     parts = []
     for item in err.errors():
         # Keys come from user YAML: escape control characters so the error stays one line.
-        loc = ".".join(str(x) for x in item["loc"]).encode("unicode_escape").decode("ascii") or "<root>"
+        loc = ".".join(str(x) for x in item["loc"]).encode("unicode_escape").decode("ascii")
         msg = " ".join(item["msg"].removeprefix("Value error, ").split())
         if item["type"] == "extra_forbidden":
             msg = "unknown key"
-        parts.append(f"{loc}: {msg}")
+        parts.append(f"{loc}: {msg}" if loc else msg)  # a whole-model check names its place itself
     # Input values are left out on purpose: a URL value could carry a password.
     return "; ".join(parts)

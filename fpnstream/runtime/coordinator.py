@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Mapping
 
-from fpnstream.config.settings import AppConfig, SourceConfig
+from fpnstream.config.settings import AppConfig, SourceConfig, stream_tracking
 from fpnstream.core.redact import redact_text
 from fpnstream.core.reports import JobSnapshot, RunReport, StreamReport, StreamRow, StreamState, WorkerStatus
 from fpnstream.observe.metrics import DriverMetrics
@@ -103,7 +103,8 @@ class Coordinator:
         elastic = cfg.ray.num_actors is None and not cfg.ray.in_process
         self._scaler = PoolScaler(ScalingPolicy(cfg.ray, elastic), self._roster, pool, driver_metrics)
         self._streams: dict[str, _Stream] = {}
-        self._commands = ControlCommands(self.add_streams, self.remove_stream, self._running, board.write)
+        running = lambda sid: sid in self._streams and self._streams[sid].ended is None  # noqa: E731
+        self._commands = ControlCommands(self.add_streams, self.remove_stream, running, board.write)
 
     # -- workers -----------------------------------------------------------------------------
     def start_workers(self) -> None:
@@ -149,6 +150,9 @@ class Coordinator:
 
     # -- streams -----------------------------------------------------------------------------
     def add_streams(self, configs: Iterable[SourceConfig]) -> list[str]:
+        configs = list(configs)
+        for c in configs:  # checked as a whole before any is added (ValueError: the command is refused)
+            stream_tracking(c, self._cfg.tracking)
         existing = [SourceConfig(uri=s.spec.uri, id=sid) for sid, s in self._streams.items() if s.ended is None]
         specs = resolve_sources([*existing, *configs])[len(existing):]
         added = []
@@ -160,9 +164,6 @@ class Coordinator:
                                                "live": int(spec.live), "error": ""})
             added.append(spec.stream_id)
         return added
-
-    def _running(self, stream_id: str) -> bool:
-        return stream_id in self._streams and self._streams[stream_id].ended is None
 
     def remove_stream(self, stream_id: str) -> bool:
         s = self._streams.get(stream_id)

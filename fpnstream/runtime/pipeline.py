@@ -99,11 +99,16 @@ class Pipeline:
 
         def prepare() -> None:
             nonlocal restored
-            self._ledger.open(sid, spec.live, decoder.lease)
-            if self._analytics is not None:
-                restored = self._analytics.open(sid, spec.tracking, spec.zones, spec.lines, saved_tracks, decoder.lease)
-            self._mux.add_stream(sid, self._queue_size, DropPolicy.DROP_OLDEST if spec.live else DropPolicy.BLOCK,
-                                 decoder.lease)
+            self._ledger.open(sid, spec.live, decoder.lease)  # raises first if the stream runs
+            try:
+                if self._analytics is not None:
+                    restored = self._analytics.open(sid, spec.tracking, spec.zones, spec.lines, saved_tracks,
+                                                    decoder.lease)
+                self._mux.add_stream(sid, self._queue_size, DropPolicy.DROP_OLDEST if spec.live else DropPolicy.BLOCK,
+                                     decoder.lease)
+            except Exception as e:  # not half-added: the stream can be added again
+                self._ledger.fail(sid, str(e))
+                raise
 
         with self._changing:
             self._sources.add(decoder, prepare)

@@ -49,6 +49,14 @@ def test_classes_accept_comma_string():
         ({"model": {"classes": ",,,"}}, "no class names"),
         ({"sources": [{"uri": "a", "zones": [{"name": "z", "polygon": [[0, 0], [float("nan"), 0], [1, 1]]}]}]},
          "sources.0.zones.0.polygon"),
+        # Tracking parameters: the library failed on these when the stream opened, mid-run.
+        ({"tracking": {"params": {"frame_rate": 0}}}, "frame_rate must be above 0"),
+        ({"tracking": {"params": {"lost_track_buffer": -5}}}, "lost_track_buffer must be a whole number >= 0"),
+        ({"tracking": {"params": {"minimum_consecutive_frames": 2.5}}}, "minimum_consecutive_frames must be a whole"),
+        ({"tracking": {"params": {"minimum_iou_threshold": 3}}}, "minimum_iou_threshold must be between 0 and 1"),
+        ({"sources": [{"uri": "a", "tracking": {"params": {"bogus": 1}}}]}, "unknown any algorithm parameter(s): bogus"),
+        ({"sources": [{"uri": "a", "tracking": {"params": {"high_conf_det_threshold": 0.5}}}],
+          "tracking": {"algorithm": "sort"}}, "sources.0.tracking: unknown sort parameter(s): high_conf_det_threshold"),
     ],
 )
 def test_invalid_values_give_one_line(raw, fragment):
@@ -78,6 +86,25 @@ def test_missing_and_non_mapping_files(tmp_path):
     p.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(p)
+
+
+def test_config_paths_that_are_no_config_file_are_refused_at_once(tmp_path):
+    """A FIFO blocked for ever, /dev/zero filled memory, deep nesting was a RecursionError."""
+    import os
+
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    for path in (fifo, tmp_path, "/dev/zero"):
+        with pytest.raises(ConfigError, match="is not a regular file"):
+            load_config(path)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(deep)
+    big = tmp_path / "big.yaml"
+    big.write_text("#" * (5 * 2**20))
+    with pytest.raises(ConfigError, match="is over 4 MiB"):
+        load_config(big)
 
 
 @settings(max_examples=60, deadline=None)

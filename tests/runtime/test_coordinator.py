@@ -95,7 +95,9 @@ def test_malformed_control_commands_are_rejected_one_by_one_and_the_job_goes_on(
            {"op": b"\xff\xfeadd", "id": "not-utf8", "uri": b"\xc3\x28"},
            {"op": "add", "uri": "rtsp://viewer:${FPNSTREAM_UNSET_VAR}@cam/x", "id": "unset-var"},
            {"op": "add", "uri": str(clip), "id": "deep-json", "analytics": "[" * 100_000 + "]" * 100_000},
-           {"op": "add", "uri": str(clip), "id": "live"}]  # the running stream, once more
+           {"op": "add", "uri": str(clip), "id": "live"},  # the running stream, once more
+           {"op": "add", "uri": str(clip), "id": "bad-tracking",
+            "analytics": '{"tracking": {"enabled": true, "params": {"bogus": 1}}}'}]
 
     def send_when_running() -> None:
         while not client.exists("mc:detections:{live}"):  # the job has started and reads commands
@@ -116,6 +118,7 @@ def test_malformed_control_commands_are_rejected_one_by_one_and_the_job_goes_on(
         b"source rtsp://***@cam/x refers to ${FPNSTREAM_UNSET_VAR}, which is not set"
     assert client.hget("mc:status:{deep-json}", "state") == b"failed"
     assert client.hget("mc:status:{live}", "error") == b""  # the refused second add did not fail it
+    assert b"unknown any algorithm parameter(s): bogus" in client.hget("mc:status:{bad-tracking}", "error")
     assert not client.exists("mc:detections:{not-an-object}") and not client.exists("mc:detections:{sets-the-uri}")
 
 
