@@ -6,8 +6,29 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import re
+
 from fpnstream.config.settings import MODEL_NAMES
 from fpnstream.core.errors import ConfigError
+from fpnstream.core.ids import STREAM_ID
+
+
+def _stream_id(text: str) -> str:
+    """A stream id as every part checks it (bytes that are not UTF-8 were an internal error)."""
+    if not re.fullmatch(STREAM_ID, text):
+        raise argparse.ArgumentTypeError("not a stream id (letters, digits, '_', '.', '-'; up to 128)")
+    return text
+
+
+def _name(text: str) -> str:
+    """A consumer group or consumer name: printable UTF-8, as Redis keeps it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("not UTF-8 text") from None
+    if not text or not text.isprintable():
+        raise argparse.ArgumentTypeError("must be printable text")
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,11 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--config", help="YAML config (for redis settings)")
     tail.add_argument("--redis-url", help="default: the embedded Redis of `run`")
     tail.add_argument("--redis-prefix")
-    tail.add_argument("--stream", help="one stream id (default: all)")
+    tail.add_argument("--stream", type=_stream_id, help="one stream id (default: all)")
     tail.add_argument("--count", type=int, default=10, help="last N entries per stream (default 10)")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
-    tail.add_argument("--group", help="read as a member of this consumer group (entries are acked once printed)")
-    tail.add_argument("--consumer", help="consumer name within --group (default: HOST-PID)")
+    tail.add_argument("--group", type=_name, help="read as a member of this consumer group (entries are acked once printed)")
+    tail.add_argument("--consumer", type=_name, help="consumer name within --group (default: HOST-PID)")
     tail.add_argument("--start", default=None,
                       help="with --group, where a new group starts: latest (default), beginning, or a time "
                            "(ISO 8601 or Unix seconds)")
@@ -114,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ann = sub.add_parser("annotate", help="draw a stream's published detections onto its source video")
     ann.add_argument("--source", required=True, help="the video file the stream was made from")
-    ann.add_argument("--stream", required=True, help="stream id whose detections to draw")
+    ann.add_argument("--stream", type=_stream_id, required=True, help="stream id whose detections to draw")
     ann.add_argument("--out", required=True, help="OUT.mp4 (H.264) or a folder for PNG frames")
     ann.add_argument("--config", help="YAML config (for redis settings)")
     ann.add_argument("--redis-url", help="default: the embedded Redis of `run`")

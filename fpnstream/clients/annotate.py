@@ -8,6 +8,8 @@ index wins. Every source frame is written, annotated where an entry exists.
 
 from __future__ import annotations
 
+import contextlib
+
 from collections import deque
 
 import logging
@@ -118,13 +120,28 @@ def annotate(client: redis.Redis, prefix: str, stream_id: str, source: Path, out
         sheet = out.with_name(out.stem + "-sheet.png") if as_video else out / "sheet.png"
     if sheet is not None and sheet.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise FpnstreamError(f"--sheet must end in .png, .jpg or .jpeg, not {sheet.name!r}")
+    if as_video and out.exists():
+        if not out.is_file():  # a folder, or a FIFO that would block the writer for ever
+            raise FpnstreamError(f"--out {out} exists and is not a regular file")
+        if source.exists() and out.samefile(source):  # the writer would truncate what is being read
+            raise FpnstreamError(f"--out {out} is the --source video: write the annotated copy to another file")
+    created = as_video and not out.exists()
     try:
         (out.parent if as_video else out).mkdir(parents=True, exist_ok=True)
         if as_video:  # fail now, not after decoding: PyAV would open it at the first frame
             out.touch()
     except OSError as e:
         raise FpnstreamError(f"cannot create {out}: {e.strerror}") from None
+    try:
+        return _annotate(entries, stream_id, source, out, as_video, sheet, sheet_frames, on_frame)
+    except BaseException:
+        if created and out.is_file() and out.stat().st_size == 0:  # no empty file left for a failed run
+            out.unlink(missing_ok=True)
+        raise
 
+
+def _annotate(entries: dict[int, dict], stream_id: str, source: Path, out: Path, as_video: bool,
+              sheet: Path | None, sheet_frames: int, on_frame: Callable[[int, int | None], None]) -> AnnotateReport:
     decoder = VideoDecoder(SourceSpec(stream_id, str(source), live=False), DecodeConfig())
     decoder.open()
     # Prefer frames with boxes on the sheet: that is what people look at it for.
@@ -155,12 +172,16 @@ def annotate(client: redis.Redis, prefix: str, stream_id: str, source: Path, out
             written += 1
             if frame.index in chosen:
                 sheet_images.append((frame.index, img, len(doc["detections"]) if doc else 0))
+        if writer is not None:
+            writer, done = None, writer
+            done.close()  # flushes the last packets: it can fail too
     except OSError as e:
         raise FpnstreamError(f"cannot write {out}: {e.strerror or e}") from None
     finally:
         decoder.close()
-        if writer is not None:
-            writer.close()
+        if writer is not None:  # failed part-way: the first error is the one to tell
+            with contextlib.suppress(Exception):
+                writer.close()
     if annotated == 0:
         raise SinkError(f"none of the {written} frames of {source} has an entry in stream {stream_id!r}: wrong --source?")
     if sheet is not None and sheet_images:

@@ -31,6 +31,20 @@ class SourceConfig(_Strict):
     zones: tuple[ZoneConfig, ...] = Field(default=(), description="polygons: enter/exit events and occupancy")
     lines: tuple[LineConfig, ...] = Field(default=(), description="lines: cross events with a direction")
 
+    @field_validator("uri")
+    @classmethod
+    def _url_parses(cls, v: str) -> str:
+        # Not echoed (it may hold a password). A URL with a space would be redacted only up
+        # to the space; FFmpeg reads it no better.
+        if "://" in v and any(c.isspace() for c in v):
+            raise ValueError("a URL may not hold spaces or other whitespace: percent-encode them (%20)")
+        if "://" in v:
+            try:
+                urlsplit(redact_url(v))
+            except ValueError as e:  # e.g. an unclosed [ of an IPv6 host
+                raise ValueError(f"not a valid URL: {e}") from None
+        return v
+
     @model_validator(mode="after")
     def _unique_names(self) -> SourceConfig:
         names = [z.name for z in self.zones] + [ln.name for ln in self.lines]
@@ -183,6 +197,8 @@ class RedisConfig(_Strict):
         if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
             # Not echoed: without "://" the pattern cannot tell a password in it.
             raise ValueError("the redis url must start with redis://, rediss:// or unix://")
+        if v is not None and any(c.isspace() for c in v):  # a password with a space was half redacted
+            raise ValueError("the redis url may not hold spaces or other whitespace: percent-encode them (%20)")
         if v is not None and not v.startswith("unix://"):
             try:
                 db = urlsplit(redact_url(v)).path.strip("/")

@@ -58,6 +58,8 @@ def connect(url: str, socket_timeout_s: float = 10.0, cluster: bool | None = Non
         raise SinkError(f"cannot reach Redis at {shown}: {redact_text(str(e))}") from None
     except ValueError as e:  # malformed URL (bad port, unknown scheme)
         raise SinkError(f"bad Redis URL {shown}: {redact_text(str(e))}") from None
+    except TypeError as e:  # an option in its query that redis-py does not know (?foo=bar)
+        raise SinkError(f"bad Redis URL {shown}: an unknown option in its query ({redact_text(str(e))})") from None
     except redis.RedisError as e:  # e.g. InvalidResponse: something that is not Redis answers there
         raise SinkError(f"Redis at {shown} does not answer like a Redis server: {redact_text(str(e))}") from None
     return client

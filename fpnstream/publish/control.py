@@ -36,9 +36,10 @@ def send_add(client: redis.Redis, prefix: str, stream_id: str | None, uri: str, 
     secrets += query_secrets(uri)  # ?password=, SRT's ?passphrase=, ...
     if any(not re.fullmatch(rf"(?:{_ENV_REF.pattern})+", secret) for secret in secrets):  # only ${VAR}s travel
         raise ConfigError(
-            "refusing to send a password through Redis: write it as ${VAR} in the URI "
-            "(e.g. rtsp://viewer:${CAM_PASS}@host/x or srt://host:9000?passphrase=${SRT_PASS}) "
-            "and set VAR in the job's environment"
+            # No URL-shaped example here: the error line is redacted, and it would be too.
+            "refusing to send a password through Redis: write it as ${VAR} in the URI (the password "
+            "of its user-info, or a password, passphrase or token of its query) and set VAR in the "
+            "job's environment"
         )
     cmd = {"op": "add", "uri": uri}
     if stream_id:

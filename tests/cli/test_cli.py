@@ -143,12 +143,27 @@ def test_live_rtsp_runs_until_sigint_then_drains(rtsp_url, redis_proc, small_che
         (["--source", "x.mp4", "--redis-url", "redis:/:topsecret@127.0.0.1:6379"], "must start with redis://"),
         (["--source", "rtsp://admin:${FPNSTREAM_TEST_UNSET}@127.0.0.1:1/x"],
          "source rtsp://***@127.0.0.1:1/x refers to ${FPNSTREAM_TEST_UNSET}, which is not set"),
+        # A password with a space was redacted only up to it, in every log line and status hash.
+        (["--source", "rtsp://adm:top secret@127.0.0.1:1/x"], "a URL may not hold spaces"),
+        (["--source", "x.mp4", "--redis-url", "redis://:top secret@127.0.0.1:1/0"], "may not hold spaces"),
+        (["--source", "rtsp://user:topsecret@[::1:1/x"], "not a valid URL: Invalid IPv6 URL"),
     ],
 )
 def test_bad_input_one_clear_line(args, fragment):
     proc = run_cli("run", "--metrics-port", "0", *args)
     assert_clean_error(proc, fragment)
     assert "topsecret" not in proc.stderr
+
+
+def test_tail_and_annotate_refuse_bad_names_and_redis_urls_in_one_line():
+    proc = run_cli("tail", "--redis-url", "redis://:topsecret@127.0.0.1:6379/0?foo=bar")
+    assert_clean_error(proc, "an unknown option in its query", code=2)
+    assert "topsecret" not in proc.stderr
+    for args in (["tail", "--stream", "\udcff\udcfe"], ["tail", "--group", "\udcff"],
+                 ["annotate", "--stream", "a/b", "--source", "x.mp4", "--out", "o.mp4"]):
+        proc = run_cli(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith(f"fpnstream {args[0]}: error: argument"), proc.stderr
 
 
 def test_unreachable_services_and_secrets(clips):

@@ -93,6 +93,8 @@ def test_mp4_has_every_frame_and_a_contact_sheet(published):
     (["--stream", "cam", "--missing-source"], "file not found"),
     (["--stream", "cam", "--sheet-folder"], "--sheet must end in .png"),
     (["--stream", "cam", "--out-unwritable"], "cannot create /proc/bad.mp4"),
+    (["--stream", "cam", "--out-is-source"], "is the --source video"),  # it truncated the source
+    (["--stream", "cam", "--out-is-folder"], "exists and is not a regular file"),
 ])
 def test_bad_input_one_line_error(published, args, message):
     server, clip, tmp = published
@@ -107,6 +109,17 @@ def test_bad_input_one_line_error(published, args, message):
         args, source = args[:2], write_clip(tmp / "other.mp4", frames=3, width=160, height=120)
     if "--missing-source" in args:
         args, source = args[:2], tmp / "missing.mp4"
+    if "--out-is-source" in args:
+        args, source = args[:2], tmp / "copy.mp4"
+        source.write_bytes(clip.read_bytes())
+        out = source
+    if "--out-is-folder" in args:
+        args, out = args[:2], tmp / "folder.mp4"
+        out.mkdir(exist_ok=True)
+    before = source.read_bytes() if source.exists() else None
     proc = annotate(server, "--source", str(source), *args, "--out", str(out))
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert before is None or source.read_bytes() == before  # the source is never touched
+    if out.suffix == ".mp4" and out != source and not out.is_dir() and out.parent.exists():
+        assert not out.exists(), "a failed run leaves no empty output behind"
