@@ -76,12 +76,16 @@ def _take_report(s: _Stream, index: int, rep: StreamReport) -> None:
     """Worker `index`'s report on stream `s`; one from a worker that is not its owner is old news."""
     if s.worker != index:
         return
+    if rep.state in (StreamState.MOVED, StreamState.STOPPED) and s.ended is None:
+        # MOVED: fenced while it is the owner, by a claim this coordinator did not make last
+        # (one it gave up on that ran after all, or a writer outside the job). STOPPED, not
+        # asked for (a stream this coordinator stops has ended here first): an unassign it
+        # gave up on (timed out) that ran after all. Left so, the stream would never end, or
+        # end short; claimed again (`_rebalance`), it resumes after its last published frame.
+        why = "fenced by another claim" if rep.state == StreamState.MOVED else "stopped reading it unasked"
+        s.worker, s.displaced = None, f"worker {index} {why}"
+        return
     if rep.state == StreamState.MOVED:
-        # Fenced while it is the owner: by a claim this coordinator did not make last (one it
-        # gave up on that ran after all, or a writer outside the job). Left so, the stream
-        # would never end; claimed again (`_rebalance`), it resumes after its last frame.
-        if s.ended is None:
-            s.worker, s.displaced = None, f"worker {index} fenced by another claim"
         return
     s.report = rep
     if rep.state.ended and s.ended is None:

@@ -182,3 +182,31 @@ def test_a_stream_added_while_redis_is_away_gets_its_whole_status_once_it_is_bac
         assert status[b"state"] == b"waiting_for_worker"
     finally:
         server.stop()
+
+
+def test_a_stream_its_worker_stopped_unasked_is_claimed_again_and_loses_nothing(tmp_path, redis_proc, small_checkpoint):
+    """A balance move's unassign that timed out (the move was given up) can still run on the
+    worker later: the worker stops reading and reports the stream stopped. That report ended
+    the stream (exit 0, frames missing). Now the stream is claimed again and resumes after
+    its last published frame."""
+    clip = write_clip(tmp_path / "u.mp4", frames=40, width=96, height=64, seed=6, fps=10)
+    client = redis_proc.client()
+    cfg = config(redis_proc.url, small_checkpoint, [clip], "mu")
+    cfg = cfg.model_copy(update={"sources": [s.model_copy(update={"realtime": True}) for s in cfg.sources]})
+    pool = LocalPool(cfg, cfg.redis.url, size=1)
+    stop = threading.Event()
+
+    def late_unassign() -> None:
+        while client.xlen("mu:detections:{u}") < 5:
+            threading.Event().wait(0.05)
+        pool.unassign(0, "u")  # what the coordinator asked for earlier and gave up waiting on
+        stop.wait(90)  # without the rule the stream ends short (or the job never ends)
+        stop.set()
+
+    threading.Thread(target=late_unassign, daemon=True).start()
+    metrics = DriverMetrics(CollectorRegistry())
+    report = run_coordinated(cfg, pool, StatusBoard(client, "mu", metrics), metrics, lambda i, text: None, stop)
+    stop.set()
+    assert frames(client, "mu", "u") == list(range(40))
+    assert report.streams["u"].state == "finished"
+    assert client.hget("mu:status:{u}", "last_move") == b"worker 0 stopped reading it unasked"
