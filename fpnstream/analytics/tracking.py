@@ -52,6 +52,31 @@ def _no_crossings() -> dict[str, int]:
     return {d.value: 0 for d in Direction}
 
 
+class _TrackerClock:
+    """The time the tracker is told, which must never go back: the library skips every
+    update older than its last one, so after a live stream reconnects (or moves to another
+    worker and opens a new connection), its timestamps starting from 0 again froze the
+    tracker, with no track ids and no events, until they passed the old ones. Across such a
+    jump the stream time goes on by the wall-clock time between the two frames."""
+
+    def __init__(self, offset: float = 0.0, last: float | None = None, last_capture: float | None = None) -> None:
+        self._offset, self._last, self._last_capture = offset, last, last_capture
+
+    def time_of(self, meta: FrameMeta) -> float | None:
+        if meta.pts is None:
+            return None  # no timestamps at all: the tracker counts frames
+        t = meta.pts + self._offset
+        if self._last is not None and t < self._last:
+            gap = meta.capture_ts - self._last_capture if self._last_capture is not None else 0.0
+            self._offset += self._last - t + max(gap, 1e-3)
+            t = meta.pts + self._offset
+        self._last, self._last_capture = t, meta.capture_ts
+        return t
+
+    def state(self) -> list:
+        return [self._offset, self._last, self._last_capture]
+
+
 class StreamAnalyzer:
     def __init__(self, stream_id: str, tracking: TrackingConfig, zones: tuple[ZoneConfig, ...] = (),
                  lines: tuple[LineConfig, ...] = ()) -> None:
@@ -66,10 +91,11 @@ class StreamAnalyzer:
         # line -> crossings so far in this run, by direction (saved: counts survive a move)
         self._crossed: dict[str, dict[str, int]] = {ln.name: _no_crossings() for ln in self._lines}
         self._classes_seen: set[tuple[str, str]] = set()  # (zone, class): report 0 after they leave
+        self._clock = _TrackerClock()
 
     # -- per frame ---------------------------------------------------------------------------
     def process(self, meta: FrameMeta, dets: Detections) -> tuple[Detections, list[Event]]:
-        tracked = self._tracker.update(to_supervision(dets), timestamp=meta.pts)
+        tracked = self._tracker.update(to_supervision(dets), timestamp=self._clock.time_of(meta))
         ids = track_ids_in_order(tracked, len(dets))
         events: list[Event] = []
         if self._zones or self._lines:
@@ -145,6 +171,7 @@ class StreamAnalyzer:
             "inside": {z: [[t, lab, name] for t, (lab, name) in m.items()] for z, m in self._inside.items()},
             "last": {ln: [[t, p] for t, p in m.items()] for ln, m in self._last.items()},
             "crossed": self._crossed,
+            "clock": self._clock.state(),
         })
 
     def restore(self, blob: bytes) -> None:
@@ -170,3 +197,5 @@ class StreamAnalyzer:
             if line in crossed:
                 crossed[line] = {d: int(counts.get(d, 0)) for d in crossed[line]}
         self._crossed = crossed
+        # Saved before the clock was: go on from the tracker's own last time.
+        self._clock = _TrackerClock(*data.get("clock", (0.0, getattr(fresh, "_last_timestamp", None), None)))

@@ -96,3 +96,26 @@ def test_a_saved_state_is_data_only_and_bad_ones_are_refused():
     other = StreamAnalyzer("s", TrackingConfig(enabled=True, algorithm="sort"))
     with pytest.raises(StateError, match="another tracker"):
         other.restore(analyzer.save())
+
+
+def test_a_live_reconnect_whose_timestamps_start_again_keeps_tracking_and_counting():
+    """A new connection's PTS start from 0 again. The tracker skips every update older than
+    its last one, so it froze (no ids, no events) until the new PTS passed the old; saved
+    and restored on another worker, likewise."""
+    cfg = TrackingConfig(enabled=True)
+    first = list(walkers(n_down=2, n_up=0))
+    # The same walk again after a 3 s reconnect: frame indices go on, PTS start at 0.
+    again = [(FrameMeta("s", 40 + m.index, m.pts, m.capture_ts + 40 / 30 + 3.0, 400, 300), d)
+             for m, d in walkers(n_down=2, n_up=0)]
+    for moved in (False, True):
+        analyzer = StreamAnalyzer("s", cfg, (ROOM,), (DOOR,))
+        before = run(analyzer, first)
+        if moved:  # the new connection is opened by another worker, from the saved state
+            restored = StreamAnalyzer("s", cfg, (ROOM,), (DOOR,))
+            restored.restore(analyzer.save())
+            analyzer = restored
+        after = run(analyzer, again)
+        crossings = lambda res: sorted(e.direction for _, evs in res for e in evs if e.kind is EventKind.CROSS)
+        assert crossings(before) == crossings(after) == [Direction.IN] * 2, moved
+        tracked_after = sum(i >= 0 for ids, _ in after for i in ids)
+        assert tracked_after >= 0.9 * sum(len(ids) for ids, _ in after), moved
