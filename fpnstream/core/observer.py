@@ -32,7 +32,9 @@ class PipelineObserver:
 
     def publish_failed(self) -> None: ...
 
-    def gauges(self, depths: Mapping[str, int], streams: Sequence[str], inflight: int, backlog: int) -> None: ...
+    def gauges(self, depths: Mapping[str, int], streams: Mapping[str, StreamReport], inflight: int,
+               backlog: int) -> None:
+        """Now and then (a tick): queue depths, every stream's report, batches in flight."""
 
 
 class Observers(PipelineObserver):

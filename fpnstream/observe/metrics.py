@@ -78,6 +78,7 @@ class MetricsObserver(PipelineObserver):
         self._stage: dict[str, Histogram] = {}
         self._decoded: dict[str, Counter] = {}
         self._published: dict[str, tuple[Counter, Histogram]] = {}
+        self._occupancy: dict[str, set[tuple[str, str]]] = {}  # stream -> (zone, class) series it set
 
     def stream_added(self, stream_id: str, again: bool) -> None:
         self._m.source_reconnects.labels(stream_id).inc(1 if again else 0)  # 0: the series exists
@@ -140,13 +141,19 @@ class MetricsObserver(PipelineObserver):
             if sid not in skipped:
                 for zone, name, n in a.occupancy:
                     self._m.zone_occupancy.labels(sid, zone, name).set(n)
+                    self._occupancy.setdefault(sid, set()).add((zone, name))
 
     def publish_failed(self) -> None:
         self._m.publish_errors.inc()
 
     def gauges(self, depths, streams, inflight, backlog) -> None:
-        for sid in streams:  # a drained, finished stream is gone from `depths`: report 0
+        for sid, report in streams.items():  # a drained, finished stream is gone from `depths`: report 0
             self._m.queue_depth.labels(f"frames:{sid}").set(depths.get(sid, 0))
+            if report.state.ended:
+                # Not counted here any more (moved to another worker, stopped, finished): a
+                # last value left behind was added to the new owner's in every sum by zone.
+                for zone, name in self._occupancy.pop(sid, ()):
+                    self._m.zone_occupancy.remove(sid, zone, name)
         self._m.queue_depth.labels("inflight_batches").set(inflight)
         self._m.publish_backlog.set(backlog)
 

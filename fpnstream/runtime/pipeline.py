@@ -236,7 +236,7 @@ class Pipeline:
         return self.wait(stop, on_tick)
 
     def update_gauges(self) -> None:
-        self._observer.gauges(self._mux.depths(), self._ledger.stream_ids(), self._inflight.qsize(), self._ledger.backlog())
+        self._observer.gauges(self._mux.depths(), self._ledger.snapshot(), self._inflight.qsize(), self._ledger.backlog())
 
 
 def _retry(failed: Callable[[], bool], attempt: Callable[[], bool]) -> bool:

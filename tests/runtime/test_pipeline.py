@@ -319,3 +319,54 @@ def test_frames_fenced_when_another_worker_took_the_stream_are_settled_as_fenced
     report = ledger.snapshot()["cam"]
     assert report.published == 0 and report.dropped == {"fenced": 3} and ledger.backlog() == 0
     assert client.xlen("fb:detections:{cam}") == 0
+
+
+def test_a_stream_moved_away_leaves_no_zone_occupancy_behind_on_the_old_worker(tmp_path, redis_proc):
+    """Hand-off as the coordinator's balance move does it (the old worker stops reading, the
+    new one claims and resumes), one object in the zone all along: the old worker exported
+    its last occupancy for ever, and the dashboard's sum by zone counted the object twice."""
+    import uuid
+
+    from fpnstream.config.settings import AppConfig
+    from fpnstream.core.reports import StreamState
+    from fpnstream.devtools.synthetic import MovingSquare, scene_drawer, write_clip
+    from fpnstream.runtime.worker import StreamWorker
+    from fpnstream.sources import resolve_sources
+
+    clip = write_clip(tmp_path / "still.mp4", frames=90, width=160, height=120,
+                      draw=scene_drawer([MovingSquare(first=0, last=89, x=100, y=50, vx=0.1, vy=0)]))
+    cfg = AppConfig.model_validate({
+        "sources": [{"id": "door", "uri": str(clip), "realtime": True,
+                     "zones": [{"name": "lobby", "polygon": [[80, 0], [160, 0], [160, 120], [80, 120]]}]}],
+        "model": {"plugin": "fpnstream.devtools.blobs:blob_detector", "score_threshold": 0.5},
+        "tracking": {"enabled": True}, "redis": {"prefix": "occ", "cluster": False, "spool_dir": None},
+        "preview": {"fps": 0}})
+    spec = resolve_sources(cfg.sources)[0]
+    client = redis_proc.client()
+    old, new = StreamWorker(cfg, redis_proc.url), StreamWorker(cfg, redis_proc.url)
+    old.load(), new.load()
+
+    def occupancy(worker) -> list[str]:
+        return [ln for ln in worker.status().metrics.splitlines() if ln.startswith("fpnstream_zone_occupancy{")]
+
+    try:
+        old.assign(spec, uuid.uuid4().hex, True)
+        deadline = time.monotonic() + 60
+        while int(client.hget("occ:status:{door}", "published") or 0) < 30:
+            assert time.monotonic() < deadline, "no frames published"
+            time.sleep(0.1)
+        assert any(ln.endswith(" 1.0") for ln in occupancy(old))
+        old.unassign("door")
+        new.assign(spec, uuid.uuid4().hex, False)
+        while not any(ln.endswith(" 1.0") for ln in occupancy(new)):
+            assert time.monotonic() < deadline + 60, "the new owner never counted the object"
+            time.sleep(0.1)
+        assert old.status().streams["door"].state.ended
+        assert occupancy(old) == []  # the old owner counts it no more: one object, counted once
+        while new.status().streams["door"].state != StreamState.FINISHED:
+            assert time.monotonic() < deadline + 90, "the new owner did not finish"
+            time.sleep(0.2)
+        assert occupancy(new) == []  # a finished stream is watched by no one
+    finally:
+        old.close()
+        new.close()
