@@ -36,6 +36,12 @@ from fpnstream.sources import SourceSpec, resolve_sources
 log = logging.getLogger(__name__)
 
 
+# A stream whose worker's pipeline failed this many times in a row, none of its frames
+# published in between, fails with the worker's error instead of being moved again.
+MAX_CRASHES = 3
+_BROKE = ("failed", "died", "hung")  # the worker broke while it held the stream (not: it was slow to answer)
+
+
 @dataclass
 class _Stream:
     spec: SourceSpec
@@ -48,6 +54,19 @@ class _Stream:
     last_move: str = ""
     displaced: str = ""  # why it lost its worker, until another one has claimed it
     moved_at: float = -math.inf  # when it was last moved to balance load (monotonic)
+    crashes: int = 0  # its worker broke, in a row, with none of its frames published in between
+
+    def crashed(self, reason: str, detail: str) -> bool:
+        """Its worker went down for `reason`; True when that ends the stream: a detector
+        that fails on every batch restarted its worker for ever, and the job never ended."""
+        self.crashes = self.crashes + 1 if reason in _BROKE else 0
+        if self.crashes < MAX_CRASHES:
+            return False
+        self.ended, self.worker = StreamState.FAILED, None
+        why = f"its worker failed {self.crashes} times in a row before it published a frame; last: {detail}"
+        self.report = replace(self.report or StreamReport(self.spec.stream_id), state=StreamState.FAILED, error=why)
+        log.error("stream %s: %s", self.spec.stream_id, why)
+        return True
 
 
 def _status_fields(sid: str, s: _Stream) -> dict:
@@ -88,6 +107,8 @@ def _take_report(s: _Stream, index: int, rep: StreamReport) -> None:
     if rep.state == StreamState.MOVED:
         return
     s.report = rep
+    if rep.published:
+        s.crashes = 0  # it makes progress on this worker
     if rep.state.ended and s.ended is None:
         s.ended = rep.state
 
@@ -114,21 +135,11 @@ class Coordinator:
     def start_workers(self) -> None:
         self._roster.start()
 
-    def _pick_worker(self) -> WorkerState | None:
-        healthy = self._roster.healthy()
-        if not healthy:
-            return None
-        load = {w.index: 0 for w in healthy}
-        for s in self._streams.values():
-            if s.ended is None and s.worker in load:
-                load[s.worker] += 1
-        return min(healthy, key=lambda w: (load[w.index], w.index))
-
     def _assign(self, s: _Stream, target: WorkerState | None = None) -> None:
         s.worker = None  # until a worker has claimed it; waits for Redis or a worker otherwise
         if s.restart is None:  # first start in this job: resume a cut-short run, or a new run
             s.restart = self._board.starts_new_run(s.spec.stream_id, self._cfg.restart)
-        w = target or self._pick_worker()
+        w = target or self._roster.least_loaded([x.worker for x in self._streams.values() if x.ended is None])
         if w is None or s.restart is None or not self._board.up:
             return
         owner = uuid.uuid4().hex
@@ -228,9 +239,11 @@ class Coordinator:
                 continue
             if s.worker is None or not self._roster.workers[s.worker].healthy:
                 if s.worker is not None:
-                    reason = self._roster.workers[s.worker].down_reason or "down"
-                    s.displaced = f"worker {s.worker} {reason}"
-                    self._driver_metrics.stream_moves.labels(reason).inc()
+                    w = self._roster.workers[s.worker]
+                    s.displaced = f"worker {s.worker} {w.down_reason or 'down'}"
+                    self._driver_metrics.stream_moves.labels(w.down_reason or "down").inc()
+                    if s.crashed(w.down_reason, w.down_detail):  # its worker failed again and again
+                        continue
                 self._assign(s)
                 if s.worker is not None and s.displaced:
                     s.moves += 1

@@ -28,6 +28,7 @@ class WorkerState:
     healthy: bool = False
     recorded: bool = False  # its row in the workers hash is written
     down_reason: str = ""  # why its streams were moved, for `streams list`
+    down_detail: str = ""  # what it said (a pipeline's error), for a stream that fails of it
     reloading: bool = False
     misses: int = 0  # status polls in a row without an answer
     batch_s: float = 0.0  # its recent detect time per batch
@@ -66,6 +67,11 @@ class WorkerRoster:
 
     def healthy(self) -> list[WorkerState]:
         return [w for w in self.workers if w.healthy]
+
+    def least_loaded(self, assigned: list[int | None]) -> WorkerState | None:
+        """The healthy worker with the fewest of the `assigned` streams (their workers), or None."""
+        healthy = self.healthy()
+        return min(healthy, key=lambda w: (assigned.count(w.index), w.index)) if healthy else None
 
     def mark_down(self, w: WorkerState, reason: str, detail: str = "") -> None:
         """`reason` (a short word) labels the moves it causes; `detail` is for the log."""
@@ -118,7 +124,7 @@ class WorkerRoster:
         published. Its streams move and it starts afresh, as a hung one does."""
         if w.healthy:
             log.error("worker %d stopped working (%s); moving its streams and restarting it", w.index, st.failure)
-        w.healthy, w.down_reason = False, "failed"
+        w.healthy, w.down_reason, w.down_detail = False, "failed", st.failure
         self._pool.restart(w.index)
 
     def _reload(self, w: WorkerState) -> None:

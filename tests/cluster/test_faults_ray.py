@@ -231,6 +231,31 @@ def test_detector_exception_restarts_the_worker_and_loses_nothing(tmp_path, clip
     assert frames == list(range(240))
 
 
+def test_a_detector_that_fails_on_every_batch_fails_the_stream_not_for_ever(tmp_path, clip, redis_proc, small_checkpoint):
+    """Every batch raises: each restarted worker fails at once again. The coordinator moved
+    the stream and restarted the worker for ever (the job never ended, the stream waited with
+    no error). Now, after 3 failures in a row with none of its frames published in between,
+    the stream fails with the worker's error and the job ends."""
+    client = redis_proc.client()
+    proc = start_run("--config", str(_fast_polls(tmp_path)), "--source", f"f={clip}", *FAST, "--weights",
+                     str(small_checkpoint), "--redis-url", redis_proc.url, "--redis-prefix", "loop", "--metrics-port", "0",
+                     env={"FPNSTREAM_FAILPOINTS": "detector.crash:after=0"})
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in err and "internal error" not in err, err[-3000:]
+    why = ("its worker failed 3 times in a row before it published a frame; "
+           "last: RuntimeError: failpoint detector.crash fired")
+    assert why in err and "1 stream(s) failed" in err, err[-3000:]
+    assert client.hget("loop:status:{f}", "state") == b"failed"
+    assert why in client.hget("loop:status:{f}", "error").decode()
+    assert client.xlen("loop:detections:{f}") == 0
+    record("detector raising on every batch (failpoint)", restarts_before_the_stream_failed=err.count("restarting it"),
+           exit_code=proc.returncode)
+
+
 def _fast_polls(tmp_path):
     cfg = tmp_path / "fast-polls.yaml"
     cfg.write_text("ray:\n  poll_interval_s: 1\n")
