@@ -27,7 +27,8 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
     clips, rate = int(paced_name[1]), float(paced_name[2])
     per_clip = paced["frames"] / clips
     assert clips == 2 and per_clip >= 2 and per_clip == int(per_clip)
-    assert 0 < paced["fps"] <= clips * rate * per_clip / (per_clip - 1) * 1.02  # 1.02: the name rounds the rate
+    # + 0.005: the name rounds the rate to 2 decimals; 1.01: wall clock against monotonic pacing
+    assert 0 < paced["fps"] <= clips * (rate + 0.005) * per_clip / (per_clip - 1) * 1.01
     assert set(paced["latency_ms"]) == {"p50", "p95", "p99"} and 0 < paced["latency_ms"]["p50"] <= paced["latency_ms"]["p99"]
     assert base["frames"] == pipe["frames"] == fast["frames"] == 8
     assert base["fps"] > 0 and pipe["fps"] > 0 and base["ratio"] == 1.0
@@ -39,7 +40,11 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
     assert "FlopCounterMode" in doc["gflops_source"] and doc["peak_flops_measured"] > 1e9
     assert doc["gflops_by_op"]["convolution"] > 0 and doc["gflops_by_op"]["addmm"] > 0
     assert abs(sum(doc["gflops_by_op"].values()) - doc["gflops_per_frame"]) < 0.01
-    assert 0 < pipe["fraction_of_peak"] < 1
+    # the share of peak is what was counted over what was measured, for every run (not a
+    # bound: the peak is timed too, and on a loaded host it can come out under a run's rate)
+    for r in doc["results"]:
+        assert r["fraction_of_peak"] > 0 and abs(r["achieved_gflops_s"] - r["fps"] * doc["gflops_per_frame"]) < 0.01
+        assert abs(r["fraction_of_peak"] - r["achieved_gflops_s"] * 1e9 / doc["peak_flops_measured"]) < 1e-3
     acc = doc["accuracy"]  # int8 on the CPU is real: the check gives its verdict either way
     assert acc["precision"] == "int8" and acc["fp32_detections"] > 0 and 0 < acc["rate"] <= 1
     assert acc["passed"] == (acc["rate"] >= 0.95 and acc["extra"] <= 0.05 * acc["fp32_detections"])
