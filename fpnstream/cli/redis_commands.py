@@ -64,12 +64,13 @@ def stream_analytics(zones: list[str] | None, lines: list[str] | None, track: bo
 def cmd_streams(a: argparse.Namespace) -> int:
     from fpnstream.publish.control import read_status, send_add, send_remove
     from fpnstream.publish.job_lease import describe_holder
-    from fpnstream.sources.spec import parse_source_arg
+    from fpnstream.sources.spec import parse_source_arg, resolve_sources
 
     with _redis_session(a) as (client, cfg):
         prefix = cfg.redis.prefix
         if a.streams_command == "add":
             src = parse_source_arg(a.source)
+            resolve_sources([src])  # an unsupported scheme fails here, not in the job's log
             if a.fps is not None and not 0 < a.fps <= 1000:  # as sources[].fps; NaN fails too
                 raise ConfigError("--fps must be within 0..1000 (> 0)")
             analytics = stream_analytics(a.zone, a.line, a.track)

@@ -16,6 +16,13 @@ _QUERY_SECRET = re.compile(
     r"signature|sig)=)(?P<value>[^&\s]*)", re.IGNORECASE)
 
 
+# RTMP carries its stream key, the credential a server lets publish or play with, as the
+# path's last segment after the application: rtmp://host/app/KEY (what YouTube, Twitch,
+# nginx-rtmp and SRS hand out). Matched after the user-info is hidden, so a raw "/" in a
+# password cannot shift it; "?" and "#" end it, as they end a path.
+_RTMP_KEY = re.compile(r"(?P<head>\brtmps?://[^/\s?#]+/(?:[^/\s?#]+/)+)(?P<key>[^/\s?#]+)", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
     """Return `url` with any user-info replaced by ``***``.
 
@@ -28,7 +35,14 @@ def redact_text(text: str) -> str:
     """Redact user-info and query credentials of every URL inside free text (e.g. FFmpeg
     error messages)."""
     text = _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
+    text = _RTMP_KEY.sub(lambda m: f"{m.group('head')}***", text)
     return _QUERY_SECRET.sub(lambda m: f"{m.group('key')}***", text)
+
+
+def rtmp_key(url: str) -> str | None:
+    """The stream key of an RTMP(S) URL (`redact_text` hides it), None without one."""
+    m = _RTMP_KEY.match(_USERINFO.sub(lambda m: f"{m.group('scheme')}***@", url.strip()))
+    return None if m is None else m.group("key")
 
 
 def query_secrets(url: str) -> list[str]:

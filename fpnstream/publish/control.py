@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import redis
 
 from fpnstream.core.errors import ConfigError
-from fpnstream.core.redact import query_secrets, redact_url, userinfo
+from fpnstream.core.redact import query_secrets, redact_url, rtmp_key, userinfo
 from fpnstream.publish.connection import is_cluster
 from fpnstream.publish.keys import control_key, keys_of_stream, legacy_key, status_key, streams_key
 
@@ -34,12 +34,13 @@ def send_add(client: redis.Redis, prefix: str, stream_id: str | None, uri: str, 
     password = (userinfo(uri) or "").partition(":")[2]
     secrets = [password] if password else []
     secrets += query_secrets(uri)  # ?password=, SRT's ?passphrase=, ...
+    secrets += [key] if (key := rtmp_key(uri)) else []  # rtmp://host/app/KEY
     if any(not re.fullmatch(rf"(?:{_ENV_REF.pattern})+", secret) for secret in secrets):  # only ${VAR}s travel
         raise ConfigError(
             # No URL-shaped example here: the error line is redacted, and it would be too.
             "refusing to send a password through Redis: write it as ${VAR} in the URI (the password "
-            "of its user-info, or a password, passphrase or token of its query) and set VAR in the "
-            "job's environment"
+            "of its user-info, an RTMP stream key, or a password, passphrase or token of its query) and "
+            "set VAR in the job's environment"
         )
     cmd = {"op": "add", "uri": uri}
     if stream_id:

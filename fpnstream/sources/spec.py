@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from fpnstream.config.analytics import LineConfig, TrackingOverride, ZoneConfig
 from fpnstream.config.settings import SourceConfig, make_source
 from fpnstream.core.errors import SourceError
 from fpnstream.core.ids import STREAM_ID
-from fpnstream.core.redact import redact_url
+from fpnstream.core.redact import redact_url, rtmp_key
 
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "tcp", "http", "https"})
 _ID_PREFIX = re.compile(rf"^(?P<id>{STREAM_ID})=(?P<uri>.+)$")
@@ -65,7 +66,13 @@ def default_stream_id(uri: str) -> str:
         base = stem
     else:
         parts = urlsplit(redact_url(uri))  # urlsplit alone misreads a raw "/" or "#" in a password
-        base = "-".join(p for p in [parts.hostname or "", parts.path.strip("/")] if p)
+        path = parts.path.strip("/")
+        if (key := rtmp_key(uri)) is not None:
+            # The key is a secret (redact_url hid it): a digest of it tells two streams of one
+            # application apart and stays the same across restarts, as an id must (it keys
+            # the stream's Redis state), without the key in keys, labels or logs.
+            path = f"{path.removesuffix('***').rstrip('/')}/k{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+        base = "-".join(p for p in [parts.hostname or "", path] if p)
     cleaned = _UNSAFE.sub("_", base).strip("_.-")
     return (cleaned or "stream")[:128]
 

@@ -1,5 +1,6 @@
 """`fpnstream` as a user runs it: subprocesses, a local Ray, real Redis, real clips."""
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -179,6 +180,13 @@ def test_unreachable_services_and_secrets(clips):
     proc = run_cli("run", "--source", f"rtsp://admin:pa55/word@127.0.0.1:{free_port()}/x", "--metrics-port", "0")
     assert_clean_error(proc, "source 127.0.0.1-x: cannot open rtsp://***@127.0.0.1")
     assert "pa55" not in proc.stderr and "admin" not in proc.stderr
+    # An RTMP stream key is the stream's credential: neither the error nor the stream id
+    # it names holds it (the id takes a digest, so two keys of one application differ).
+    port = free_port()
+    proc = run_cli("run", "--source", f"rtmp://127.0.0.1:{port}/live/pa55word-key", "--metrics-port", "0")
+    assert_clean_error(proc, f"source 127.0.0.1-live_k{hashlib.sha256(b'pa55word-key').hexdigest()[:10]}: cannot open "
+                             f"rtmp://127.0.0.1:{port}/live/***")
+    assert "pa55word" not in proc.stderr
     for url in ["redis://:pa55word@[::1:6379/0", "unix:///tmp/fpnstream-none.sock?password=pa55word"]:
         proc = run_cli("run", "--source", str(clips["mp4_h264"]), "--metrics-port", "0", "--redis-url", url)
         assert_clean_error(proc, "Redis")
@@ -243,6 +251,18 @@ def test_streams_add_rejects_bad_zones_and_lines_in_one_line(redis_proc, extra, 
     proc = run_cli("streams", "--redis-url", redis_proc.url, "add", "cam=rtsp://h/x", *extra)
     assert_clean_error(proc, fragment)
     assert redis_proc.client().xlen("fpnstream:control") == 0  # nothing half-sent
+
+
+def test_streams_add_refuses_what_the_job_would_refuse_before_sending_it(redis_proc):
+    """An unsupported scheme failed only in the job's log; an RTMP stream key in the clear
+    would sit in the control stream like a password."""
+    redis_proc.client().set("fpnstream:job", "{}", px=60_000)  # as a running job's lease
+    for uri, fragment in [("ftp://bob:pw123@h/v.mp4", "unsupported source scheme 'ftp' in ftp://***@h/v.mp4"),
+                          ("rtmp://h/live/pw123-key", "refusing to send a password through Redis")]:
+        proc = run_cli("streams", "--redis-url", redis_proc.url, "add", uri)
+        assert_clean_error(proc, fragment)
+        assert "pw123" not in proc.stderr
+    assert redis_proc.client().xlen("fpnstream:control") == 0
 
 
 def test_streams_add_and_remove_without_a_job_on_the_prefix_are_refused(redis_proc):

@@ -1,4 +1,4 @@
-from fpnstream.core.redact import redact_text, redact_url
+from fpnstream.core.redact import redact_text, redact_url, rtmp_key
 
 
 def test_redact_url_variants():
@@ -43,3 +43,14 @@ def test_srt_passphrases_and_query_keys_are_redacted():
     assert redact_text("open https://h/x.m3u8?key=k1&sig=abc&api_key=z failed") == \
         "open https://h/x.m3u8?key=***&sig=***&api_key=*** failed"
 
+
+
+def test_rtmp_stream_keys_are_redacted():
+    # rtmp://host/app/KEY: the key is the last path segment after the application
+    assert redact_url("rtmp://live.example.org/live2/abcd-1234-efgh") == "rtmp://live.example.org/live2/***"
+    assert redact_url("RTMPS://u:p/w@h:443/app/inst/KEY?x=1") == "RTMPS://***@h:443/app/inst/***?x=1"
+    assert redact_text("cannot open rtmp://h:1935/live/k3y refused") == "cannot open rtmp://h:1935/live/*** refused"
+    assert rtmp_key("rtmp://h/live/k3y") == "k3y" and rtmp_key("rtmps://u:p/w@h/live/k3y#x") == "k3y"
+    # an application alone carries no key; other schemes' paths are not keys
+    for url in ("rtmp://h/live", "rtmp://h/live/", "rtsp://h/live/cam", "https://h/live/index.m3u8"):
+        assert redact_url(url) == url and rtmp_key(url) is None, url

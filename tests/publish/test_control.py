@@ -17,6 +17,7 @@ from fpnstream.publish.control import expand_env, send_add, send_remove
     "srt://10.0.0.5:9000?mode=caller&passphrase=hunter2hunter2",  # SRT's encryption key
     "rtsp://cam/x?user=viewer&password=hunter2",
     "https://cams.example/x.m3u8?token=abc&passphrase=${OK}",  # one clear secret is enough to refuse
+    "rtmp://media.local/live/Str3am-Key",  # an RTMP stream key
 ])
 def test_a_literal_password_is_never_written_to_redis(redis_proc, uri):
     client = redis_proc.client()
@@ -26,7 +27,8 @@ def test_a_literal_password_is_never_written_to_redis(redis_proc, uri):
 
 
 @pytest.mark.parametrize("uri", ["rtsp://viewer:${CAM_PASS}@cam/x", "rtsp://${U}:${P}@cam/x", "rtsp://cam/x",
-                                 "rtsp://viewer@cam/x", "/data/a.mp4", "srt://h:9000?mode=caller&passphrase=${SRT_PASS}"])
+                                 "rtsp://viewer@cam/x", "/data/a.mp4", "srt://h:9000?mode=caller&passphrase=${SRT_PASS}",
+                                 "rtmp://media.local/live/${STREAM_KEY}", "rtmp://media.local/live"])
 def test_env_refs_and_no_password_are_sent(redis_proc, uri):
     client = redis_proc.client()
     send_add(client, "ctl2", "cam", uri, None)

@@ -34,6 +34,16 @@ def test_default_ids_are_readable_and_secret_free(uri, expected):
     assert "hun" not in sid and "ter2" not in sid and "admin" not in sid
 
 
+def test_rtmp_default_ids_keep_the_stream_key_out_and_still_tell_streams_apart():
+    a, b = "rtmp://u:pw@media.local/live/K3y-One", "rtmp://media.local/live/K3y-Two"
+    ids = [default_stream_id(u) for u in (a, b)]
+    assert all(i.startswith("media.local-live_k") and "K3y" not in i and "pw" not in i for i in ids)
+    assert ids[0] != ids[1] and ids[0] == default_stream_id(a)  # distinct, and the same on every start
+    (spec,) = resolve_sources([SourceConfig(uri=a)])
+    assert spec.stream_id == ids[0] and spec.display == "rtmp://***@media.local/live/***" and spec.live
+    assert default_stream_id("rtmp://media.local/live") == "media.local-live"  # no key, nothing hidden
+
+
 def test_duplicate_defaults_get_suffix_and_live_detected():
     specs = resolve_sources([SourceConfig(uri="a/x.mp4"), SourceConfig(uri="b/x.mp4"), SourceConfig(uri="rtsp://h/x")])
     assert [s.stream_id for s in specs] == ["x", "x-2", "h-x"]
