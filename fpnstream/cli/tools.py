@@ -46,6 +46,11 @@ def _parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+_MAX_CLIPS = 256
+_MAX_FRAMES = 100_000  # per clip: an hour at 25 fps is 90,000
+_MAX_BATCH = 256  # as batch.max_size
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -54,6 +59,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
     w, h = _parse_size(a.size)
     if min(a.clips, a.frames, a.batch_size, w, h) < 1:
         raise ConfigError("bench: clips, frames, batch size and size must be positive")
+    # Upper bounds too: the clips are written to a temporary folder before anything runs, so
+    # a slip of the keyboard (--frames 30000000) filled the disk instead of failing.
+    for flag, value, most in (("--clips", a.clips, _MAX_CLIPS), ("--frames", a.frames, _MAX_FRAMES),
+                              ("--batch-size", a.batch_size, _MAX_BATCH)):
+        if value > most:
+            raise ConfigError(f"bench: {flag} must be within 1..{most}")
     if a.rounds < 1:
         raise ConfigError("bench: --rounds must be at least 1")
     if not 0 <= a.load <= 1 or not 0 < a.load_seconds <= 3600:
@@ -111,8 +122,8 @@ def cmd_synth(a: argparse.Namespace) -> int:
     from fpnstream.devtools.synthetic import write_clip
 
     w, h = _parse_size(a.size)
-    if not (16 <= w <= 8192 and 16 <= h <= 8192) or a.frames < 1 or a.fps < 1:
-        raise ConfigError("synth: size must be 16..8192 per side, frames and fps >= 1")
+    if not (16 <= w <= 8192 and 16 <= h <= 8192) or not 1 <= a.frames <= _MAX_FRAMES or not 1 <= a.fps <= 1000:
+        raise ConfigError(f"synth: size must be 16..8192 per side, frames within 1..{_MAX_FRAMES} and fps within 1..1000")
     if w % 2 or h % 2:  # synth writes 4:2:0 video, whose chroma halves each side
         raise ConfigError(f"synth: width and height must be even (4:2:0 video), not {w}x{h}")
     try:

@@ -232,7 +232,12 @@ def test_synth_writes_a_decodable_clip(tmp_path):
     for size in ("６４x４８", "1_000x64", "64x48x2"):  # full-width digits, underscores: not sizes
         assert_clean_error(run_cli("synth", str(tmp_path / "x.mp4"), "--size", size), "--size must look like")
     assert_clean_error(run_cli("bench", "--size", "9000x9000"), "each side must be within 1..8192")
-    assert not (tmp_path / "x.mp4").exists()
+    # a typo's extra zeros fail at once instead of writing clips until the disk is full
+    assert_clean_error(run_cli("synth", str(tmp_path / "x.mp4"), "--frames", "30000000"), "frames within 1..100000")
+    assert_clean_error(run_cli("synth", str(tmp_path / "x.mp4"), "--fps", "100000"), "fps within 1..1000")
+    for flag, most in (("--frames", 100_000), ("--clips", 256), ("--batch-size", 256)):
+        assert_clean_error(run_cli("bench", flag, str(most + 1), "--out", str(tmp_path / "b")), f"bench: {flag} must be within 1..{most}")
+    assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize(
