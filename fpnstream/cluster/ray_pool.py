@@ -47,6 +47,23 @@ def connect(cfg: AppConfig) -> None:
                 signal.signal(sig, handler)
 
 
+def room_for(bundle: dict[str, float]) -> bool:
+    """Whether one node has `bundle` free. An actor lives on one node, so what is free summed
+    over the nodes (0.4 CPU here and 0.4 there) is no room for a 0.6-CPU worker: a worker
+    started on that sum was never placed, and as a worker still joining it held the pool's
+    growth back until a node with room came."""
+    try:
+        # Ray has no public call for this (`available_resources` sums over nodes); its state
+        # API answers per node. If a Ray release drops it, the sum is the fallback.
+        from ray._private.state import available_resources_per_node
+
+        nodes = list(available_resources_per_node().values())
+    except (ImportError, AttributeError, TypeError):
+        nodes = [ray.available_resources()]
+    wanted = {k: v for k, v in bundle.items() if v > 0}
+    return any(all(free.get(k, 0.0) >= v for k, v in wanted.items()) for free in nodes)
+
+
 def warm(cfg: AppConfig) -> None:
     """Connect, and run one empty task per CPU, so Ray's worker processes have started
     (and imported Ray) before something is timed: a benchmark's first Ray run otherwise
@@ -201,8 +218,7 @@ class RayPool:
         return index
 
     def spare_capacity(self) -> bool:
-        free = ray.available_resources()
-        return all(free.get(k, 0.0) >= v for k, v in self._bundle.items() if v > 0)
+        return room_for(self._bundle)
 
     def request_capacity(self, workers: int) -> None:
         from ray.autoscaler.sdk import request_resources
