@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import threading
 import time
@@ -25,6 +26,20 @@ class _StreamQueue:
     lease: str = ""  # the claim whose frames it takes (Frame.lease)
     items: deque[tuple[Frame, float]] = field(default_factory=deque)
     closed: bool = False
+    # A reconnect's `gap` mark rides on one frame; if that frame is dropped, the mark moves
+    # on to the stream's next frame taken, or consumers never learn that frames were missed.
+    gap_owed: bool = False
+
+    def discard_oldest(self) -> None:
+        frame, _ = self.items.popleft()
+        self.gap_owed = self.gap_owed or frame.gap
+
+    def take(self) -> tuple[Frame, float]:
+        frame, queued_at = self.items.popleft()
+        if self.gap_owed:
+            self.gap_owed = False
+            frame = dataclasses.replace(frame, gap=True)
+        return frame, queued_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +113,7 @@ class FrameMux:
                 if q.closed:
                     return False
             elif len(q.items) >= q.capacity:
-                q.items.popleft()
+                q.discard_oldest()
                 self._queued -= 1
                 self._on_drop(frame.stream_id, "queue_full", 1)
             q.items.append((frame, self._clock()))
@@ -157,7 +172,7 @@ class FrameMux:
         for sid, q in self._queues.items():
             if q.policy is DropPolicy.DROP_OLDEST:
                 while q.items and q.items[0][0].capture_ts < cutoff:
-                    q.items.popleft()
+                    q.discard_oldest()
                     self._queued -= 1
                     self._on_drop(sid, "stale", 1)
 
@@ -175,7 +190,7 @@ class FrameMux:
             if q.policy is DropPolicy.DROP_OLDEST and len(q.items) > share:
                 excess = len(q.items) - share
                 for _ in range(excess):
-                    q.items.popleft()
+                    q.discard_oldest()
                 self._queued -= excess
                 self._on_drop(sid, "behind", excess)
 
@@ -188,7 +203,7 @@ class FrameMux:
             for k in range(len(ids)):
                 q = self._queues[ids[(self._rr + k) % len(ids)]]
                 if q.items:
-                    out.append(q.items.popleft())
+                    out.append(q.take())
                     self._queued -= 1
                     if len(out) >= limit:
                         break

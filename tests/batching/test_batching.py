@@ -160,6 +160,31 @@ def test_live_stream_behind_gets_its_newest_frames_and_skips_are_counted():
         assert [i for s, i in taken + rest if s == cam] == [3, 4]
 
 
+@pytest.mark.parametrize("reason", ["queue_full", "behind", "stale"])
+def test_a_reconnect_mark_on_a_dropped_frame_moves_on_to_the_next_frame_taken(reason):
+    """The first frame after a reconnect carries `gap`; a live queue that drops it (full, a
+    stream behind, stale) must hand the mark on, or no published entry says frames were
+    missed (seen on Ray: an RTSP server restarted, the burst after it dropped as `behind`
+    and `queue_full`, and no entry had `gap`)."""
+    now = [1000.0]
+    drops = []
+    mux = FrameMux(on_drop=lambda s, r, n: drops.append((s, r)), stale_after_s=0.5, wall_clock=lambda: now[0])
+    mux.add_stream("cam", 2 if reason == "queue_full" else 16, DropPolicy.DROP_OLDEST)
+    mux.add_stream("other", 16, DropPolicy.DROP_OLDEST)
+    old_ts = 998.0 if reason == "stale" else 999.9
+    mux.put(Frame(np.zeros((2, 2, 3), np.uint8), "cam", 10, None, old_ts, gap=True))
+    for i in range(11, 14 if reason == "queue_full" else 15):
+        mux.put(Frame(np.zeros((2, 2, 3), np.uint8), "cam", i, None, 999.9))
+    if reason == "stale":
+        mux.put(Frame(np.zeros((2, 2, 3), np.uint8), "other", 0, None, 999.9))
+    taken = mux.take_batch(max_size=2 if reason == "behind" else 1, max_wait_s=0).frames
+    taken += mux.take_batch(max_size=8, max_wait_s=0, idle_timeout_s=0.1).frames
+    assert ("cam", reason) in drops and not any(f.index == 10 for f in taken)  # the marked frame went
+    cam = [f for f in taken if f.stream_id == "cam"]
+    assert cam[0].gap and not any(f.gap for f in cam[1:])  # the mark is on the next frame, once
+    assert not any(f.gap for f in taken if f.stream_id == "other")
+
+
 def test_live_stream_that_keeps_up_skips_nothing():
     drops = []
     mux = FrameMux(on_drop=lambda s, r, n: drops.append((s, r, n)))
