@@ -20,7 +20,10 @@ _QUERY_SECRET = re.compile(
 # path's last segment after the application: rtmp://host/app/KEY (what YouTube, Twitch,
 # nginx-rtmp and SRS hand out). Matched after the user-info is hidden, so a raw "/" in a
 # password cannot shift it; "?" and "#" end it, as they end a path.
-_RTMP_KEY = re.compile(r"(?P<head>\brtmps?://[^/\s?#]+/(?:[^/\s?#]+/)+)(?P<key>[^/\s?#]+)", re.IGNORECASE)
+# The RTMP family FFmpeg speaks: rtmp, rtmps, rtmpe, rtmpt, rtmpte, rtmpts. A segment ends
+# at a quote, comma or bracket too, so in a list of URLs each key is found.
+_RTMP_KEY = re.compile(r"(?P<head>\brtmp(?:s|e|t|te|ts)?://[^/\s?#]+/(?:[^/\s?#\"',<>()\[\]]+/)+)"
+                       r"(?P<key>[^/\s?#\"',<>()\[\]]+)", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:

@@ -9,7 +9,7 @@ import logging
 import re
 from typing import Callable
 
-from fpnstream.config.settings import SourceConfig
+from fpnstream.config.settings import SourceConfig, make_source
 from fpnstream.core.ids import STREAM_ID
 from fpnstream.core.redact import redact_text
 from fpnstream.core.reports import StreamState
@@ -26,7 +26,9 @@ def source_of(cmd: dict[str, str]) -> SourceConfig:
         raise ValueError("analytics must be a JSON object")
     if clash := sorted({"uri", "id", "fps"} & analytics.keys()):
         raise ValueError(f"analytics may not set {', '.join(clash)}")
-    return SourceConfig(uri=cmd["uri"], id=cmd.get("id") or None, fps=fps, **analytics)
+    # make_source: one line without the input values (pydantic's own message quotes a
+    # shortened URL, which no redaction pattern recognises: its password or key showed)
+    return make_source(uri=cmd["uri"], id=cmd.get("id") or None, fps=fps, **analytics)
 
 
 class ControlCommands:

@@ -4,10 +4,11 @@ the model, only if its age now plus the recent batch time stays within the limit
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from typing import Callable
 
-from fpnstream.core.frames import Frame
+from fpnstream.core.frames import BatchResult, Frame
 
 
 class FreshnessPolicy:
@@ -17,10 +18,12 @@ class FreshnessPolicy:
         self._is_live, self._on_stale = is_live, on_stale
         self._batch_seconds = batch_seconds
         self._clock = clock
-        # Streams whose reconnect mark (`gap`) was on a frame dropped here: the stream's next
-        # admitted frame carries it instead (the mux does the same for what it drops).
-        # Keyed by claim too: a mark owed to one claim is not another claim's to carry.
-        self._gap_owed: set[tuple[str, str]] = set()
+        # A reconnect's mark (`gap`) on a frame dropped here: (claim, frame index) per stream,
+        # until `carry_gaps` puts it on that claim's next published frame. `admit` runs on the
+        # detector's lanes, several at once and in any order, so the mark is handed on where
+        # results go in order: the publisher. One per stream: a newer claim's replaces it.
+        self._gap_owed: dict[str, tuple[str, int]] = {}
+        self._lock = threading.Lock()
 
     def age_budget(self) -> float:
         """How old a live frame may be when it goes into a batch: the limit minus the recent
@@ -36,11 +39,23 @@ class FreshnessPolicy:
         for f in frames:
             if self._is_live(f.stream_id) and f.capture_ts < cutoff:
                 if f.gap:
-                    self._gap_owed.add((f.stream_id, f.lease))
+                    with self._lock:
+                        self._gap_owed[f.stream_id] = (f.lease, f.index)
                 self._on_stale(f)
-            elif self._gap_owed and (f.stream_id, f.lease) in self._gap_owed:
-                self._gap_owed.discard((f.stream_id, f.lease))
-                fresh.append(dataclasses.replace(f, gap=True))
             else:
                 fresh.append(f)
         return fresh
+
+    def carry_gaps(self, result: BatchResult) -> BatchResult:
+        """On the publisher, in publish order: a mark dropped with a stale frame goes on the
+        first later frame of the same claim, so a consumer still learns of the reconnect."""
+        if not self._gap_owed:  # the usual case: nothing to look up per frame
+            return result
+        metas = list(result.metas)
+        with self._lock:
+            for i, m in enumerate(metas):
+                owed = self._gap_owed.get(m.stream_id)
+                if owed is not None and owed[0] == m.lease and m.index > owed[1]:
+                    del self._gap_owed[m.stream_id]
+                    metas[i] = dataclasses.replace(m, gap=True)
+        return dataclasses.replace(result, metas=tuple(metas))

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable
 from fpnstream.batching.mux import Batch, DropPolicy, FrameMux
 from fpnstream.config.settings import BatchConfig
 from fpnstream.core.backoff import Backoff
+from fpnstream.core.frames import BatchResult
 from fpnstream.core.observer import PipelineObserver
 from fpnstream.core.redact import redact_text
 from fpnstream.core.reports import RunReport, StreamReport, StreamState
@@ -35,6 +36,19 @@ if TYPE_CHECKING:  # backends import torch; the pipeline itself does not need it
     from fpnstream.detection.backends import DetectorBackend
 
 log = logging.getLogger(__name__)
+
+
+def _chain(*stages: Callable[[BatchResult], BatchResult] | None) -> Callable[[BatchResult], BatchResult]:
+    """The given stages (None: left out) applied one after the other: the publisher's, in
+    publish order (reconnect marks dropped with stale frames are handed on, then tracking)."""
+    steps = [s for s in stages if s is not None]
+
+    def run(result: BatchResult) -> BatchResult:
+        for step in steps:
+            result = step(result)
+        return result
+
+    return run
 
 
 class Pipeline:
@@ -64,13 +78,13 @@ class Pipeline:
         self._ledger = StreamLedger(observer)
         buffer = buffer if buffer is not None else PublishBuffer(None, 10_000, 0)  # not `or`: empty is falsy
         self._analytics = analytics
-        self._publisher = Publisher(sink, buffer, self._ledger, observer, outage_wait_s,
-                                    on_refused=self._refused,
-                                    analyze=analytics.process if analytics is not None else (lambda r: r))
-        buffer.on_drop = lambda result: self._ledger.drop_frames(result.metas, "spool_full")
         self._freshness = None if freshness_s is None else FreshnessPolicy(
             freshness_s, self._ledger.is_live, lambda frame: self._ledger.drop_frames((frame,), "stale"),
             lambda: self._publisher.batch_seconds)
+        self._publisher = Publisher(sink, buffer, self._ledger, observer, outage_wait_s, on_refused=self._refused,
+                                    analyze=_chain(self._freshness and self._freshness.carry_gaps,
+                                                   analytics and analytics.process))
+        buffer.on_drop = lambda result: self._ledger.drop_frames(result.metas, "spool_full")
         self._mux = FrameMux(on_drop=self._ledger.drop, keep_open=keep_open,
                              stale_after_s=self._freshness.age_budget if self._freshness else None)
         self._sources = SourceSupervisor(self._ledger, self._mux, observer, backoff)

@@ -61,6 +61,7 @@ def _scheme(uri: str) -> str:
 def default_stream_id(uri: str) -> str:
     """A readable id from the URI: a file's stem, or host+path of a network URL, never user-info."""
     scheme = _scheme(uri)
+    suffix = ""
     if scheme in ("", "file"):
         stem = SourceSpec("x", uri, False).path.stem
         base = stem
@@ -70,11 +71,13 @@ def default_stream_id(uri: str) -> str:
         if (key := rtmp_key(uri)) is not None:
             # The key is a secret (redact_url hid it): a digest of it tells two streams of one
             # application apart and stays the same across restarts, as an id must (it keys
-            # the stream's Redis state), without the key in keys, labels or logs.
-            path = f"{path.removesuffix('***').rstrip('/')}/k{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+            # the stream's Redis state), without the key in keys, labels or logs. Kept whole
+            # when a long host and path are cut to fit the id's length.
+            path = path.removesuffix("***").rstrip("/")
+            suffix = f"_k{hashlib.sha256(key.encode()).hexdigest()[:10]}"
         base = "-".join(p for p in [parts.hostname or "", path] if p)
-    cleaned = _UNSAFE.sub("_", base).strip("_.-")
-    return (cleaned or "stream")[:128]
+    cleaned = _UNSAFE.sub("_", base).strip("_.-")[:128 - len(suffix)].rstrip("_.-")
+    return (cleaned or "stream") + suffix
 
 
 def resolve_sources(configs: Iterable[SourceConfig]) -> list[SourceSpec]:

@@ -51,6 +51,10 @@ def test_rtmp_stream_keys_are_redacted():
     assert redact_url("RTMPS://u:p/w@h:443/app/inst/KEY?x=1") == "RTMPS://***@h:443/app/inst/***?x=1"
     assert redact_text("cannot open rtmp://h:1935/live/k3y refused") == "cannot open rtmp://h:1935/live/*** refused"
     assert rtmp_key("rtmp://h/live/k3y") == "k3y" and rtmp_key("rtmps://u:p/w@h/live/k3y#x") == "k3y"
+    # the whole RTMP family FFmpeg speaks, and each URL of a list
+    for scheme in ("rtmpe", "rtmpt", "rtmpte", "rtmpts"):
+        assert redact_url(f"{scheme}://h/live/k3y") == f"{scheme}://h/live/***", scheme
+    assert redact_text('["rtmp://h/live/K1","rtmp://h/live/K2"]') == '["rtmp://h/live/***","rtmp://h/live/***"]'
     # an application alone carries no key; other schemes' paths are not keys
     for url in ("rtmp://h/live", "rtmp://h/live/", "rtsp://h/live/cam", "https://h/live/index.m3u8"):
         assert redact_url(url) == url and rtmp_key(url) is None, url

@@ -43,8 +43,11 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
     # the share of peak is what was counted over what was measured, for every run (not a
     # bound: the peak is timed too, and on a loaded host it can come out under a run's rate)
     for r in doc["results"]:
-        assert r["fraction_of_peak"] > 0 and abs(r["achieved_gflops_s"] - r["fps"] * doc["gflops_per_frame"]) < 0.01
-        assert abs(r["fraction_of_peak"] - r["achieved_gflops_s"] * 1e9 / doc["peak_flops_measured"]) < 1e-3
+        # within the rounding: achieved to 0.01, GFLOP/frame to 0.001 (times the rate)
+        assert r["fraction_of_peak"] > 0
+        assert abs(r["achieved_gflops_s"] - r["fps"] * doc["gflops_per_frame"]) <= 0.005 + r["fps"] * 0.0005 + 1e-9
+        peak = doc["peak_flops_measured"]
+        assert abs(r["fraction_of_peak"] - r["achieved_gflops_s"] * 1e9 / peak) <= 5e-5 + 0.005e9 / peak
     acc = doc["accuracy"]  # int8 on the CPU is real: the check gives its verdict either way
     assert acc["precision"] == "int8" and acc["fp32_detections"] > 0 and 0 < acc["rate"] <= 1
     assert acc["passed"] == (acc["rate"] >= 0.95 and acc["extra"] <= 0.05 * acc["fp32_detections"])

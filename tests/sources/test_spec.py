@@ -1,7 +1,10 @@
+import re
+
 import pytest
 
 from fpnstream.config.settings import SourceConfig
 from fpnstream.core.errors import SourceError
+from fpnstream.core.ids import STREAM_ID
 from fpnstream.sources.spec import default_stream_id, parse_source_arg, resolve_sources
 
 
@@ -42,6 +45,12 @@ def test_rtmp_default_ids_keep_the_stream_key_out_and_still_tell_streams_apart()
     (spec,) = resolve_sources([SourceConfig(uri=a)])
     assert spec.stream_id == ids[0] and spec.display == "rtmp://***@media.local/live/***" and spec.live
     assert default_stream_id("rtmp://media.local/live") == "media.local-live"  # no key, nothing hidden
+    # a long host and application are cut to fit 128 characters, the digest is not
+    long = [default_stream_id("rtmp://" + "a" * 60 + "/" + "b" * 70 + f"/{k}") for k in ("K1", "K2")]
+    assert long[0] != long[1] and all(len(i) == 128 and re.fullmatch(STREAM_ID, i) for i in long)
+    # a refused member of the family says so without the key
+    with pytest.raises(SourceError, match=r"unsupported source scheme 'rtmpe' in rtmpe://h/live/\*\*\*;"):
+        resolve_sources([SourceConfig(uri="rtmpe://h/live/K3y-Three")])
 
 
 def test_duplicate_defaults_get_suffix_and_live_detected():
