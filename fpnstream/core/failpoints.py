@@ -5,7 +5,9 @@ is read once, by the process entry points, never inside the pipeline.
     FPNSTREAM_FAILPOINTS="detector.hang:after=20:once=/tmp/x/hung"
 
 `detector.hang`: the N+1-th batch never returns (the lane sleeps forever, the process keeps
-answering). `detector.crash`: the N+1-th batch raises, as a bug or an out-of-memory would. `once=PATH`: fire in one process only, the first to create PATH (so the worker
+answering). `detector.crash`: the N+1-th batch raises, as a bug or an out-of-memory would.
+`claim.reply_lost`: a worker's N+1-th claim is made in Redis, then its reply is lost (a
+Redis timeout), as when the connection drops right after the script ran. `once=PATH`: fire in one process only, the first to create PATH (so the worker
 Ray restarts does not hang again).
 """
 
@@ -20,7 +22,7 @@ from fpnstream.core.errors import ConfigError
 ENV = "FPNSTREAM_FAILPOINTS"
 
 
-KNOWN = ("detector.hang", "detector.crash")
+KNOWN = ("detector.hang", "detector.crash", "claim.reply_lost")
 
 
 class Failpoints:

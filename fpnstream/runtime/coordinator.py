@@ -47,6 +47,7 @@ class _Stream:
     spec: SourceSpec
     worker: int | None = None
     restart: bool | None = None  # next claim starts a new run; None: not decided yet (needs Redis)
+    tried: str = ""  # the owner token of a claim that failed: it may have been made all the same
     ended: StreamState | None = None
     report: StreamReport | None = None  # the owner's latest
     moves: int = 0
@@ -139,10 +140,12 @@ class Coordinator:
         s.worker = None  # until a worker has claimed it; waits for Redis or a worker otherwise
         if s.restart is None:  # first start in this job: resume a cut-short run, or a new run
             s.restart = self._board.starts_new_run(s.spec.stream_id, self._cfg.restart)
+        if s.restart and s.tried and self._board.claimed_by(s.spec.stream_id, s.tried):
+            s.restart = False  # its reply was lost, its new run started: this claim goes on in it
         w = target or self._roster.least_loaded([x.worker for x in self._streams.values() if x.ended is None])
         if w is None or s.restart is None or not self._board.up:
             return
-        owner = uuid.uuid4().hex
+        owner = s.tried = uuid.uuid4().hex
         try:
             took = self._pool.assign(w.index, s.spec, owner, s.restart)
         except WorkerGone as e:
@@ -157,7 +160,7 @@ class Coordinator:
             s.ended = StreamState.FAILED
             s.report = replace(s.report or StreamReport(s.spec.stream_id), state=StreamState.FAILED, error=str(e))
             return
-        s.worker, s.start = w.index, took.start
+        s.worker, s.start, s.tried = w.index, took.start, ""
         if not s.restart:
             log.info("stream %s on worker %d resumes its run at frame %d%s", s.spec.stream_id, w.index, took.start,
                      ", its tracks restored" if took.tracks_restored else "")

@@ -54,6 +54,12 @@ class StatusBoard:
         """None while Redis is away: the decision needs the stream's last state."""
         return self.link.call(starts_new_run, self._client, self._prefix, stream_id, restart)
 
+    def claimed_by(self, stream_id: str, owner: str) -> bool:
+        """Whether `owner` holds the stream's claim in Redis (False if Redis is away): a claim
+        whose reply was lost may still have been made."""
+        held = self.link.call(self._client.hget, status_key(self._prefix, stream_id), "owner")
+        return held is not None and held.decode(errors="replace") == owner
+
     def published(self, stream_id: str) -> int | None:
         """Frames of the current run in Redis, all owners together; None if Redis is away."""
         n = self.link.call(self._client.hget, status_key(self._prefix, stream_id), "published")

@@ -12,10 +12,12 @@ import socket
 import time
 import uuid
 
+import redis
 from prometheus_client import generate_latest
 
 import fpnstream
 from fpnstream.config.settings import AppConfig
+from fpnstream.core.failpoints import NO_FAILPOINTS
 from fpnstream.core.reports import Assignment, WorkerInfo, WorkerStatus
 from fpnstream.observe.metrics import Metrics
 from fpnstream.publish.connection import lazy_client
@@ -34,6 +36,7 @@ class StreamWorker:
         self._pipeline = None
         self._backend = None
         self._sink: RedisStreamSink | None = None
+        self._failpoints = NO_FAILPOINTS  # read as it loads (the worker process's entry point)
         self._metrics = metrics or Metrics()
 
     def load(self) -> WorkerInfo:
@@ -49,8 +52,9 @@ class StreamWorker:
         self._sink = RedisStreamSink(client, cfg.redis.prefix, cfg.redis.maxlen, detector.model_name)
         self._metrics.build_info.info({"version": fpnstream.__version__, "model": detector.model_name, "device": str(detector.device)})
         # The worker process's entry point: the one place it reads failpoints (inert unless set).
+        self._failpoints = Failpoints.from_environ(os.environ)
         self._backend = InProcessBackend(detector, cfg.ray.max_inflight_per_actor, self._metrics.gpu_memory,
-                                         Failpoints.from_environ(os.environ))
+                                         self._failpoints)
         snapshots = PreviewSnapshots.from_config(cfg.preview, client, cfg.redis.prefix, detector.model_name)
         self._pipeline = build_pipeline(cfg, self._backend, self._sink, self._metrics, snapshots, keep_open=True)
         self._pipeline.start()
@@ -62,6 +66,8 @@ class StreamWorker:
         # A resumed file skips the frames before `start` (they are in Redis already); a live
         # stream numbers its frames on from there, so indices never go back.
         start = self._sink.claim(spec.stream_id, owner=owner, restart=restart)
+        if self._failpoints.fires("claim.reply_lost"):
+            raise redis.TimeoutError("failpoint claim.reply_lost fired: the claim was made, its reply lost")
         # A live stream that goes on from an earlier owner missed frames in between: say so.
         decoder = VideoDecoder(spec, self._cfg.decode, start_index=start, gap=spec.live and start > 0, lease=owner)
         # Its tracks go on from the state saved with its last published frame.

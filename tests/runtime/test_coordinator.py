@@ -82,6 +82,21 @@ def test_local_worker_whose_detector_raised_is_replaced_and_its_stream_resumes(t
     assert report.streams["c"].state == "finished"
 
 
+def test_a_claim_whose_reply_was_lost_is_not_restarted_twice(tmp_path, redis_proc, small_checkpoint, monkeypatch):
+    """The claim of a new run was made in Redis and its reply lost (a timeout right after the
+    script ran): the next claim goes on in that run. Before, it started another: the run
+    number went up twice for one start."""
+    marker = tmp_path / "lost"
+    monkeypatch.setenv("FPNSTREAM_FAILPOINTS", f"claim.reply_lost:once={marker}")
+    clip = write_clip(tmp_path / "c.mp4", frames=20, width=96, height=64, seed=4)
+    client = redis_proc.client()
+    report, _ = run(config(redis_proc.url, small_checkpoint, [clip], "rl"), client, size=1)
+    assert marker.exists(), "the failpoint fired"
+    assert report.streams["c"].state == "finished" and frames(client, "rl", "c") == list(range(20))
+    assert client.hget("rl:status:{c}", "run") == b"1"
+    assert {decode_entry(f)["run"] for _, f in client.xrange("rl:detections:{c}")} == {1}
+
+
 def test_malformed_control_commands_are_rejected_one_by_one_and_the_job_goes_on(tmp_path, redis_proc, small_checkpoint):
     """Anyone who can write to Redis can send a command: a bad one is refused (the stream it
     names is marked failed, with why), and the running stream loses nothing."""
