@@ -208,21 +208,29 @@ def test_a_batch_that_compiles_past_the_hang_floor_is_not_taken_for_a_hang(tmp_p
     assert frames == list(range(240))
 
 
-def test_a_claim_whose_reply_was_lost_goes_on_in_the_run_it_started(tmp_path, clip, redis_proc, small_checkpoint):
-    """The worker's claim of a new run is made in Redis, then its reply is lost (a Redis
-    timeout right after the script ran). The coordinator's next claim goes on in that run:
-    run 1, every frame once. Before, it started run 2 for the one start."""
-    marker = tmp_path / "reply-lost"
-    client = redis_proc.client()
-    proc = start_run("--config", str(_fast_polls(tmp_path)), "--source", f"f={clip}", *FAST, "--weights",
-                     str(small_checkpoint), "--redis-url", redis_proc.url, "--redis-prefix", "lost", "--metrics-port", "0",
-                     env={"FPNSTREAM_FAILPOINTS": f"claim.reply_lost:once={marker}"})
+def _run_with_failpoint(tmp_path, clip, redis_proc, checkpoint, prefix: str, failpoint: str) -> str:
+    """`fpnstream run` of the one file stream with `failpoint` set to fire once; its stderr,
+    after checking that it fired and the job ended well."""
+    marker = tmp_path / "fired"
+    proc = start_run("--config", str(_fast_polls(tmp_path)), "--source", f"f={clip}", *FAST, "--weights", str(checkpoint),
+                     "--redis-url", redis_proc.url, "--redis-prefix", prefix, "--metrics-port", "0",
+                     env={"FPNSTREAM_FAILPOINTS": f"{failpoint}:once={marker}"})
     try:
         _, err = proc.communicate(timeout=240)
     finally:
         proc.kill()
     assert proc.returncode == 0, err[-3000:]
-    assert marker.exists() and "stream f not assigned yet: failpoint claim.reply_lost fired" in err, err[-3000:]
+    assert marker.exists(), "the failpoint fired"
+    return err
+
+
+def test_a_claim_whose_reply_was_lost_goes_on_in_the_run_it_started(tmp_path, clip, redis_proc, small_checkpoint):
+    """The worker's claim of a new run is made in Redis, then its reply is lost (a Redis
+    timeout right after the script ran). The coordinator's next claim goes on in that run:
+    run 1, every frame once. Before, it started run 2 for the one start."""
+    client = redis_proc.client()
+    err = _run_with_failpoint(tmp_path, clip, redis_proc, small_checkpoint, "lost", "claim.reply_lost")
+    assert "stream f not assigned yet: failpoint claim.reply_lost fired" in err, err[-3000:]
     assert client.hget("lost:status:{f}", "run") == b"1"
     docs = entries(client, "lost:detections:{f}")
     assert [d["frame"] for d in docs] == list(range(240)) and {d["run"] for d in docs} == {1}
@@ -232,17 +240,8 @@ def test_detector_exception_restarts_the_worker_and_loses_nothing(tmp_path, clip
     """A batch that raises (a bug, an out-of-memory) stops that worker's pipeline. The worker
     still answers polls, so neither death nor hang is seen: its status says why it stopped,
     and the coordinator restarts it and moves its stream. Before, the job waited forever."""
-    marker = tmp_path / "crashed-once"
     client = redis_proc.client()
-    proc = start_run("--config", str(_fast_polls(tmp_path)), "--source", f"f={clip}", *FAST, "--weights",
-                     str(small_checkpoint), "--redis-url", redis_proc.url, "--redis-prefix", "crash", "--metrics-port", "0",
-                     env={"FPNSTREAM_FAILPOINTS": f"detector.crash:after=10:once={marker}"})
-    try:
-        _, err = proc.communicate(timeout=240)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err[-3000:]
-    assert marker.exists(), "the failpoint fired"
+    err = _run_with_failpoint(tmp_path, clip, redis_proc, small_checkpoint, "crash", "detector.crash:after=10")
     assert "worker 0 stopped working (RuntimeError: failpoint detector.crash fired)" in err and "restarting it" in err
     assert client.hget("crash:status:{f}", "last_move") == b"worker 0 failed"
     frames = [e["frame"] for e in entries(client, "crash:detections:{f}")]

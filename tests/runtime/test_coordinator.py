@@ -67,16 +67,24 @@ def test_hung_local_worker_is_replaced_and_its_stream_resumes(tmp_path, redis_pr
     assert report.streams["h"].state == "finished"
 
 
+def _one_clip_with_failpoint(tmp_path, redis_proc, checkpoint, monkeypatch, prefix: str, failpoint: str, n: int):
+    """One worker, one file stream `c` of `n` frames, `failpoint` set to fire once: the
+    client and the run's report, after checking that it fired."""
+    marker = tmp_path / "fired"
+    monkeypatch.setenv("FPNSTREAM_FAILPOINTS", f"{failpoint}:once={marker}")
+    clip = write_clip(tmp_path / "c.mp4", frames=n, width=96, height=64, seed=9)
+    client = redis_proc.client()
+    report, _ = run(config(redis_proc.url, checkpoint, [clip], prefix), client, size=1)
+    assert marker.exists(), "the failpoint fired"
+    return client, report
+
+
 def test_local_worker_whose_detector_raised_is_replaced_and_its_stream_resumes(tmp_path, redis_proc, small_checkpoint,
                                                                             monkeypatch):
     """The same rule for a pipeline stopped by an error (a batch raised): the worker answers
     polls, says why it stopped, and is replaced; nothing lost or written twice."""
-    marker = tmp_path / "crashed"
-    monkeypatch.setenv("FPNSTREAM_FAILPOINTS", f"detector.crash:after=5:once={marker}")
-    clip = write_clip(tmp_path / "c.mp4", frames=60, width=96, height=64, seed=9)
-    client = redis_proc.client()
-    report, _ = run(config(redis_proc.url, small_checkpoint, [clip], "lc"), client, size=1)
-    assert marker.exists(), "the failpoint fired"
+    client, report = _one_clip_with_failpoint(tmp_path, redis_proc, small_checkpoint, monkeypatch, "lc",
+                                              "detector.crash:after=5", 60)
     assert frames(client, "lc", "c") == list(range(60))
     assert client.hget("lc:status:{c}", "last_move") == b"worker 0 failed"
     assert report.streams["c"].state == "finished"
@@ -86,12 +94,8 @@ def test_a_claim_whose_reply_was_lost_is_not_restarted_twice(tmp_path, redis_pro
     """The claim of a new run was made in Redis and its reply lost (a timeout right after the
     script ran): the next claim goes on in that run. Before, it started another: the run
     number went up twice for one start."""
-    marker = tmp_path / "lost"
-    monkeypatch.setenv("FPNSTREAM_FAILPOINTS", f"claim.reply_lost:once={marker}")
-    clip = write_clip(tmp_path / "c.mp4", frames=20, width=96, height=64, seed=4)
-    client = redis_proc.client()
-    report, _ = run(config(redis_proc.url, small_checkpoint, [clip], "rl"), client, size=1)
-    assert marker.exists(), "the failpoint fired"
+    client, report = _one_clip_with_failpoint(tmp_path, redis_proc, small_checkpoint, monkeypatch, "rl",
+                                              "claim.reply_lost", 20)
     assert report.streams["c"].state == "finished" and frames(client, "rl", "c") == list(range(20))
     assert client.hget("rl:status:{c}", "run") == b"1"
     assert {decode_entry(f)["run"] for _, f in client.xrange("rl:detections:{c}")} == {1}
