@@ -16,7 +16,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from fpnstream.config.settings import AppConfig
 from fpnstream.core.errors import FpnstreamError, ModelError, StreamUnwritable
 from fpnstream.core.redact import redact_text
-from fpnstream.core.reports import Assignment, WorkerInfo, WorkerStatus
+from fpnstream.core.reports import Assignment, Resume, WorkerInfo, WorkerStatus
 from fpnstream.runtime.pool import ClaimFailed, ClaimRefused, WorkerGone
 from fpnstream.runtime.worker import StreamWorker
 from fpnstream.sources import SourceSpec
@@ -152,8 +152,8 @@ class RayPool:
                 out.append(WorkerGone(type(e).__name__))
         return out
 
-    def assign(self, index: int, spec: SourceSpec, owner: str, restart: bool) -> Assignment:
-        ref = self._actors[index].assign.remote(spec, owner, restart)
+    def assign(self, index: int, spec: SourceSpec, owner: str, restart: bool, known: Resume | None = None) -> Assignment:
+        ref = self._actors[index].assign.remote(spec, owner, restart, known)
         try:
             return ray.get(ref, timeout=30)
         except GetTimeoutError:

@@ -41,6 +41,19 @@ class Assignment:
 
     start: int
     tracks_restored: bool = False
+    run: int = 1  # the run the stream is in
+    recovered: bool = False  # Redis had no record of that run: it came from the job's `Resume`
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """What the job knows of a stream's current run, for a claim that finds no record of it
+    in Redis (Redis restarted without its data before the writer could write the claim
+    back): the run, and one past the newest frame the job saw published. Never used while
+    Redis has the record, so a figure that is behind costs repeats only after such a loss."""
+
+    run: int
+    next_frame: int
 
 
 @dataclass
@@ -58,6 +71,7 @@ class StreamReport:
     reconnects: int = 0
     total: int | None = None  # a file's frames, when its header says (for progress and ETA)
     latency_s: float = 0.0  # capture -> published, smoothed over recent frames
+    next_frame: int = 0  # one past the newest frame published by this claim (see `Resume`)
 
 
 @dataclass

@@ -106,7 +106,12 @@ class JobLease:
                     continue
                 # Gone: Redis restarted without its data, or was away past the TTL (or the
                 # job is ending and released it while this renewal was on its way).
-                if self._stop.is_set() or self._client.set(self._key, self.value, nx=True, px=self._ttl_ms):
+                if self._stop.is_set():
+                    continue
+                if self._client.set(self._key, self.value, nx=True, px=self._ttl_ms):
+                    log.warning("the job lease %s was gone while this job held it (Redis restarted without its "
+                                "data, or was out of reach past the lease's %g s); taken again. Streams go on "
+                                "from their workers' positions", self._key, self._ttl_ms / 1000)
                     continue
                 if not self._lost:
                     self._lost = True

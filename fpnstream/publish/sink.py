@@ -25,6 +25,7 @@ from redis.crc import key_slot
 
 from fpnstream.core.errors import SinkError, StreamUnwritable
 from fpnstream.core.frames import BatchResult
+from fpnstream.core.reports import Resume
 from fpnstream.core.redact import redact_text
 from fpnstream.publish.connection import is_cluster
 from fpnstream.publish.schema import encode_entry
@@ -33,7 +34,7 @@ from fpnstream.publish.keys import events_key, status_key, stream_key
 # One call per batch, for every stream in it (on a Redis Cluster: per hash slot, as a
 # script may only touch keys of one slot; a stream's keys share one, see keys.py). KEYS: per stream its entries stream, status
 # hash and events stream. ARGV[1]: maxlen (0 = none); then per stream: owner token ("" =
-# unfenced), entry count, per entry: frame index, field count, field, value, ..., event
+# unfenced), the claim's run ("" = not this worker's current claim), entry count, per entry: frame index, field count, field, value, ..., event
 # count, per event: field count, field, value, ...; and last the stream's tracker state
 # after the batch ("" = not tracked). Returns per stream the entries written, -1 if fenced,
 # or why it cannot be written (a key of another type, a counter that is no integer:
@@ -80,11 +81,11 @@ end
 local out, i = {}, 2
 for s = 1, #KEYS / 3 do
   local entries_key, status_key, events_key = KEYS[3 * s - 2], KEYS[3 * s - 1], KEYS[3 * s]
-  local owner_arg, count = ARGV[i], tonumber(ARGV[i + 1])
-  i = i + 2
+  local owner_arg, run_arg, count = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  i = i + 3
   local why = unfit({entries_key, 'stream'}, {status_key, 'hash'}, {events_key, 'stream'})
   local c = false
-  if not why then c, why = counters(status_key, 'last_frame', 'published') end
+  if not why then c, why = counters(status_key, 'last_frame', 'published', 'run') end
   local owner = not why and redis.call('HGET', status_key, 'owner')
   local fenced = why or (owner_arg ~= '' and owner and owner ~= owner_arg)
   local last = c and c.last_frame or -1
@@ -110,6 +111,12 @@ for s = 1, #KEYS / 3 do
   elseif fenced then
     out[s] = -1
   else
+    -- No run recorded: the claim's record is gone (Redis restarted without its data, or
+    -- the hash was deleted). The writer of the stream's current claim writes it back, or
+    -- the next claim would take the stream for new and start it over at frame 0.
+    if run_arg ~= '' and owner_arg ~= '' and not c.run then
+      redis.call('HSET', status_key, 'owner', owner_arg, 'run', run_arg)
+    end
     if state ~= '' then redis.call('HSET', status_key, 'tracks', state) end
     redis.call('HSET', status_key, 'last_frame', last)
     redis.call('HINCRBY', status_key, 'published', written)
@@ -121,7 +128,7 @@ return out
 
 
 # KEYS: status hash, entries stream, events stream. ARGV: owner token ("" = unfenced), "1"
-# to start a new run. One script, so the owner change and the resume point are read and
+# to start a new run, the run and next frame the job knows of (`Resume`; 0 0: none). One script, so the owner change and the resume point are read and
 # written together. Returns {-2, why} if a key holds another type or a counter no integer.
 _CLAIM = _UNFIT + """
 local why = unfit({KEYS[1], 'hash'}, {KEYS[2], 'stream'}, {KEYS[3], 'stream'})
@@ -129,13 +136,20 @@ if why then return {-2, why} end
 local c, bad = counters(KEYS[1], 'run', 'last_frame')
 if not c then return {-2, bad} end
 local run = c.run or 0
-if ARGV[2] == '1' or run == 0 then
+local known_run, floor = tonumber(ARGV[3]), tonumber(ARGV[4])
+local recovered = 0
+if ARGV[2] ~= '1' and run == 0 and known_run > 0 then
+  -- The job knows the stream's run, Redis has no record of it: Redis lost its data. The run
+  -- goes on after what the job saw published, not from frame 0.
+  run, recovered = known_run, 1
+  redis.call('HSET', KEYS[1], 'run', run, 'last_frame', math.max(floor - 1, c.last_frame or -1))
+elseif ARGV[2] == '1' or run == 0 then
   run = run + 1
   redis.call('HSET', KEYS[1], 'run', run, 'last_frame', -1, 'published', 0)
   redis.call('HDEL', KEYS[1], 'tracks')
 end
 if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'owner', ARGV[1]) end
-return {tonumber(redis.call('HGET', KEYS[1], 'last_frame') or '-1') + 1, run, redis.call('HGET', KEYS[1], 'tracks')}
+return {tonumber(redis.call('HGET', KEYS[1], 'last_frame') or '-1') + 1, run, recovered, redis.call('HGET', KEYS[1], 'tracks')}
 """
 
 _SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_PUBLISH, _CLAIM)}
@@ -197,21 +211,28 @@ class RedisStreamSink:
         self._clock = clock
         self._cluster = is_cluster(client)
         self._runs: dict[str, int] = {}
+        self._owners: dict[str, str] = {}  # per stream, the token of this worker's current claim
+        self._recovered: dict[str, bool] = {}  # its claim found no record and went on from `known`
         self._tracks: dict[str, bytes | None] = {}
 
-    def claim(self, stream_id: str, owner: str = "", restart: bool = False) -> int:
+    def claim(self, stream_id: str, owner: str = "", restart: bool = False, known: Resume | None = None) -> int:
         """Become the writer of `stream_id`; returns the next frame index to publish.
 
         `restart` starts a new run (run number + 1, frames from 0); otherwise the current
         run goes on after its last published frame. Entries carry their run number.
         `owner` is the claim's fencing token: frames decoded for it carry it as `lease`.
+        `known`: where the job knows the run to be, used only if Redis has no record of it.
         """
         keys = [status_key(self._prefix, stream_id), stream_key(self._prefix, stream_id), events_key(self._prefix, stream_id)]
-        next_frame, run, *tracks = self._evalsha(_CLAIM, keys, [owner, "1" if restart else "0"])
-        if next_frame == -2:
-            raise StreamUnwritable(f"stream {stream_id}: {run.decode(errors='replace')}; delete or rename that key")
+        resume = [known.run, known.next_frame] if known is not None else [0, 0]
+        reply = self._evalsha(_CLAIM, keys, [owner, "1" if restart else "0", *resume])
+        if reply[0] == -2:
+            raise StreamUnwritable(f"stream {stream_id}: {reply[1].decode(errors='replace')}; delete or rename that key")
+        next_frame, run, recovered, *tracks = reply
         tracks = tracks[0] if tracks else None
         self._runs[stream_id] = int(run)
+        self._owners[stream_id] = owner
+        self._recovered[stream_id] = bool(recovered)
         self._tracks[stream_id] = tracks or None
         return int(next_frame)
 
@@ -221,6 +242,10 @@ class RedisStreamSink:
 
     def run_of(self, stream_id: str) -> int:
         return self._runs.get(stream_id, 1)
+
+    def recovered(self, stream_id: str) -> bool:
+        """Whether the last claim of `stream_id` found no record in Redis and went on from `known`."""
+        return self._recovered.get(stream_id, False)
 
     def _evalsha(self, script: str, keys: list[str], args: list) -> list:
         """A script in one round trip; loaded into Redis the first time (or again after a
@@ -253,7 +278,7 @@ class RedisStreamSink:
                                                  ([], [self._maxlen], []))
             run = self._runs.get(sid, 1)
             group = list(group)
-            args += [lease, len(group)]
+            args += [lease, run if self._owners.get(sid) == lease else "", len(group)]
             for meta, dets in group:
                 fields = encode_entry(meta, dets, self._model, now, run)
                 args += [meta.index, len(fields)]

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Mapping
 
 from fpnstream.config.settings import AppConfig, SourceConfig, stream_tracking
 from fpnstream.core.redact import redact_text
-from fpnstream.core.reports import JobSnapshot, RunReport, StreamReport, StreamRow, StreamState, WorkerStatus
+from fpnstream.core.reports import JobSnapshot, Resume, RunReport, StreamReport, StreamRow, StreamState, WorkerStatus
 from fpnstream.observe.metrics import DriverMetrics
 from fpnstream.publish.control import expand_env
 from fpnstream.runtime.control_commands import ControlCommands
@@ -56,6 +56,7 @@ class _Stream:
     displaced: str = ""  # why it lost its worker, until another one has claimed it
     moved_at: float = -math.inf  # when it was last moved to balance load (monotonic)
     crashes: int = 0  # its worker broke, in a row, with none of its frames published in between
+    known: Resume | None = None  # its run and how far it was seen published, should Redis lose them
 
     def crashed(self, reason: str, detail: str) -> bool:
         """Its worker went down for `reason`; True when that ends the stream: a detector
@@ -108,6 +109,8 @@ def _take_report(s: _Stream, index: int, rep: StreamReport) -> None:
     if rep.state == StreamState.MOVED:
         return
     s.report = rep
+    if s.known is not None and rep.next_frame > s.known.next_frame:
+        s.known = replace(s.known, next_frame=rep.next_frame)
     if rep.published:
         s.crashes = 0  # it makes progress on this worker
     if rep.state.ended and s.ended is None:
@@ -147,7 +150,7 @@ class Coordinator:
             return
         owner = s.tried = uuid.uuid4().hex
         try:
-            took = self._pool.assign(w.index, s.spec, owner, s.restart)
+            took = self._pool.assign(w.index, s.spec, owner, s.restart, None if s.restart else s.known)
         except WorkerGone as e:
             log.warning("worker %d unavailable (%s); retrying stream %s elsewhere", w.index, e, s.spec.stream_id)
             self._roster.mark_down(w, "unavailable")
@@ -161,7 +164,11 @@ class Coordinator:
             s.report = replace(s.report or StreamReport(s.spec.stream_id), state=StreamState.FAILED, error=str(e))
             return
         s.worker, s.start, s.tried = w.index, took.start, ""
-        if not s.restart:
+        s.known = Resume(took.run, max(took.start, s.known.next_frame if s.known and s.known.run == took.run else 0))
+        if took.recovered:
+            log.warning("stream %s: Redis had no record of its run %d (restarted without its data?); it goes on "
+                        "at frame %d, after the frames this job saw published", s.spec.stream_id, took.run, took.start)
+        elif not s.restart:
             log.info("stream %s on worker %d resumes its run at frame %d%s", s.spec.stream_id, w.index, took.start,
                      ", its tracks restored" if took.tracks_restored else "")
         s.restart = False

@@ -108,6 +108,7 @@ class StreamLedger:
             report = self._reports[stream_id]
             report.latency_s = latency_s if report.published == 0 else report.latency_s + 0.1 * (latency_s - report.latency_s)
             report.published += 1
+            report.next_frame = max(report.next_frame, meta.index + 1)
             self._settle(stream_id, 1)
             report.last_frame_ts = now
             # Frames are published a batch at a time, so measure the rate over windows of 2 s.

@@ -14,7 +14,7 @@ import redis
 from fpnstream.config.settings import AppConfig
 from fpnstream.core.errors import StreamUnwritable
 from fpnstream.core.redact import redact_text
-from fpnstream.core.reports import Assignment, WorkerInfo, WorkerStatus
+from fpnstream.core.reports import Assignment, Resume, WorkerInfo, WorkerStatus
 from fpnstream.observe.metrics import Metrics
 from fpnstream.runtime.worker import StreamWorker
 from fpnstream.sources import SourceSpec
@@ -41,7 +41,7 @@ class WorkerPool(Protocol):
     def poll(self, timeout_s: float) -> list[WorkerStatus | WorkerGone | None]:
         """Every worker's status: None for no answer within `timeout_s`."""
 
-    def assign(self, index: int, spec: SourceSpec, owner: str, restart: bool) -> Assignment:
+    def assign(self, index: int, spec: SourceSpec, owner: str, restart: bool, known: Resume | None = None) -> Assignment:
         """The worker claims the stream (fenced by `owner`) and starts it; returns its first
         frame index and whether its tracks were restored. Raises WorkerGone, ClaimFailed or ClaimRefused."""
 
@@ -83,9 +83,9 @@ class LocalPool:
     def poll(self, timeout_s: float) -> list[WorkerStatus | WorkerGone | None]:
         return [w.status() for w in self._workers]
 
-    def assign(self, index: int, spec: SourceSpec, owner: str, restart: bool) -> Assignment:
+    def assign(self, index: int, spec: SourceSpec, owner: str, restart: bool, known: Resume | None = None) -> Assignment:
         try:
-            return self._workers[index].assign(spec, owner, restart)
+            return self._workers[index].assign(spec, owner, restart, known)
         except StreamUnwritable as e:
             raise ClaimRefused(str(e)) from None
         except redis.RedisError as e:

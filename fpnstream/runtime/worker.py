@@ -18,7 +18,7 @@ from prometheus_client import generate_latest
 import fpnstream
 from fpnstream.config.settings import AppConfig
 from fpnstream.core.failpoints import NO_FAILPOINTS
-from fpnstream.core.reports import Assignment, WorkerInfo, WorkerStatus
+from fpnstream.core.reports import Assignment, Resume, WorkerInfo, WorkerStatus
 from fpnstream.observe.metrics import Metrics
 from fpnstream.publish.connection import lazy_client
 from fpnstream.publish.sink import RedisStreamSink
@@ -60,19 +60,19 @@ class StreamWorker:
         self._pipeline.start()
         return WorkerInfo(self.incarnation, detector.model_name, str(detector.device), socket.gethostname(), os.getpid())
 
-    def assign(self, spec: SourceSpec, owner: str, restart: bool) -> Assignment:
+    def assign(self, spec: SourceSpec, owner: str, restart: bool, known: Resume | None = None) -> Assignment:
         """Take over a stream; returns the frame index it resumes from."""
         assert self._pipeline is not None and self._sink is not None, "load() first"
         # A resumed file skips the frames before `start` (they are in Redis already); a live
         # stream numbers its frames on from there, so indices never go back.
-        start = self._sink.claim(spec.stream_id, owner=owner, restart=restart)
+        start = self._sink.claim(spec.stream_id, owner=owner, restart=restart, known=known)
         if self._failpoints.fires("claim.reply_lost"):
             raise redis.TimeoutError("failpoint claim.reply_lost fired: the claim was made, its reply lost")
         # A live stream that goes on from an earlier owner missed frames in between: say so.
         decoder = VideoDecoder(spec, self._cfg.decode, start_index=start, gap=spec.live and start > 0, lease=owner)
         # Its tracks go on from the state saved with its last published frame.
         restored = self._pipeline.add_source(decoder, self._sink.saved_tracks(spec.stream_id))
-        return Assignment(start, restored)
+        return Assignment(start, restored, self._sink.run_of(spec.stream_id), self._sink.recovered(spec.stream_id))
 
     def unassign(self, stream_id: str) -> None:
         if self._pipeline is not None:

@@ -391,3 +391,84 @@ def test_redis_gone_for_good_at_the_end_of_a_run_ends_the_job_with_the_reason(tm
     record("Redis killed for good near the end of a run", published_before_the_kill=len(frames),
            ended_after_s=round(ended_after_s, 1), exit_code=proc.returncode)
     assert len(frames) >= 20 and frames == list(range(len(frames)))
+
+
+def test_redis_restarted_without_its_data_then_the_worker_killed_repeats_no_frame(tmp_path, small_checkpoint):
+    """Redis restarts empty mid-run (no persistence), then the worker is SIGKILLed and the
+    stream is claimed again. The claim's record (owner, run, resume point) went with the
+    data; the next claim took the stream for new and started it over at frame 0, so ~100
+    frames were published twice. Now the writer puts its claim back with its next batch:
+    the new claim resumes after the last frame published, in the same run."""
+    n = 300
+    clip = write_clip(tmp_path / "paced.mp4", frames=n, width=96, height=64, fps=25, seed=5)
+    server = RedisProc(tmp_path)  # keeps nothing: a restart loses everything
+    port = server.port
+    cfg = tmp_path / "lost.yaml"
+    cfg.write_text(f"sources:\n  - id: f\n    uri: {clip}\n    realtime: true\n")
+    proc = start_run("--config", str(cfg), *FAST, "--weights", str(small_checkpoint), "--redis-url", server.url,
+                     "--metrics-port", "0")
+    key, status = "fpnstream:detections:{f}", "fpnstream:status:{f}"
+    try:
+        wait_for(lambda: server.client().xlen(key) >= 40 and server.client().hlen("fpnstream:workers") == 1, proc,
+                 what="first frames")
+        victim = json.loads(server.client().hget("fpnstream:workers", "0"))["pid"]
+        server.stop()
+        server = RedisProc(tmp_path, port=port)
+        client = server.client()
+        wait_for(lambda: client.hget(status, "run") == b"1" and client.xlen(key) >= 5, proc, timeout=60,
+                 what="the claim written back")
+        os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=240)
+        frames = [(e["run"], e["frame"]) for e in entries(client, key)]
+    finally:
+        proc.kill()
+        server.stop()
+    assert proc.returncode == 0, err[-3000:]
+    assert "the job lease fpnstream:job was gone while this job held it" in err, err[-3000:]
+    assert "worker 0 is down" in err and "resumes its run at frame" in err, err[-3000:]
+    first = frames[0][1]
+    indices = [f for _, f in frames]
+    record("Redis restarted without its data, then the worker SIGKILLed", first_frame_after_the_restart=first,
+           published=len(indices), lost_after_the_restart=len(set(range(first, n)) - set(indices)),
+           duplicated=len(indices) - len(set(indices)))
+    assert first > 0 and frames == [(1, i) for i in range(first, n)]
+
+
+def test_redis_emptied_while_the_streams_worker_is_frozen_the_move_keeps_the_run(tmp_path, redis_proc, small_checkpoint):
+    """Redis loses everything (FLUSHALL, as a restart without persistence) while the stream's
+    worker is frozen, so no writer can put the claim back before the stream is moved. The
+    new claim found no record and started the stream over at frame 0; now it goes on in the
+    run the coordinator knows of, after the frames it saw published (at most a poll's worth
+    is published again), and the frozen worker, when it wakes, is fenced."""
+    n = 300
+    clip = write_clip(tmp_path / "paced.mp4", frames=n, width=96, height=64, fps=25, seed=6)
+    cfg = tmp_path / "frozen.yaml"
+    cfg.write_text("ray:\n  poll_interval_s: 1\n  poll_misses: 3\n"
+                   f"sources:\n  - id: f\n    uri: {clip}\n    realtime: true\n")
+    client = redis_proc.client()
+    proc = start_run("--config", str(cfg), *FAST, "--weights", str(small_checkpoint), "--num-actors", "2",
+                     "--redis-url", redis_proc.url, "--redis-prefix", "frz", "--metrics-port", "0")
+    key, status = "frz:detections:{f}", "frz:status:{f}"
+    try:
+        wait_for(lambda: client.hlen("frz:workers") == 2 and client.xlen(key) >= 40, proc, what="first frames")
+        owner = client.hget(status, "worker").decode()
+        victim = json.loads(client.hget("frz:workers", owner))["pid"]
+        os.kill(victim, signal.SIGSTOP)
+        try:
+            before = client.xlen(key)
+            client.flushall()
+            wait_for(lambda: client.hget(status, "last_move") == f"worker {owner} unresponsive".encode(), proc,
+                     timeout=60, what="the stream moved off the frozen worker")
+        finally:
+            os.kill(victim, signal.SIGCONT)
+        _, err = proc.communicate(timeout=240)
+        frames = [(e["run"], e["frame"]) for e in entries(client, key)]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "Redis had no record of its run 1 (restarted without its data?)" in err, err[-3000:]
+    first = frames[0][1]
+    record("Redis emptied while the stream's worker was frozen, then the stream moved",
+           published_before_the_loss=before, resumed_at=first, published_again=max(0, before - first),
+           duplicated_after_the_loss=len(frames) - len({f for _, f in frames}))
+    assert 0 < first <= before and frames == [(1, i) for i in range(first, n)]

@@ -38,15 +38,17 @@ def test_a_lease_no_longer_renewed_is_taken_over_before_it_expires(redis_proc, c
         assert client.get("p:job") == new.value.encode()
 
 
-def test_a_lease_lost_with_redis_data_is_taken_again(redis_proc):
+def test_a_lease_lost_with_redis_data_is_taken_again(redis_proc, caplog):
     client = redis_proc.client()
-    with JobLease(client, "p", ttl_s=5.0, renew_s=0.1) as lease:
+    with caplog.at_level(logging.WARNING), JobLease(client, "p", ttl_s=5.0, renew_s=0.1) as lease:
         client.flushall()
         deadline = time.monotonic() + 5
         while client.get("p:job") is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert client.get("p:job") == lease.value.encode()
         assert 0 < client.pttl("p:job") <= 5000
+    # The one place on the driver that notices Redis lost its data says so.
+    assert "the job lease p:job was gone while this job held it (Redis restarted without its data" in caplog.text
 
 
 def test_an_unreadable_holder_that_is_renewed_is_still_refused_in_one_line(redis_proc):

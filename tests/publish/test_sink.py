@@ -157,6 +157,68 @@ def test_frames_are_fenced_by_the_claim_they_were_decoded_under(redis_proc):
     assert [decode_entry(f)["frame"] for _, f in client.xrange("t:detections:{cam}")] == list(range(6))
 
 
+def test_a_claim_lost_with_redis_data_is_written_back_by_its_writer(tmp_path):
+    """Redis restarts without its data mid-run: the next batch of the stream's current claim
+    writes the claim back (owner and run), so a later claim resumes after that batch in the
+    same run instead of starting the stream over at frame 0, and the fence holds again."""
+    from tests.conftest import RedisProc
+
+    server = RedisProc(tmp_path)
+    try:
+        sink = RedisStreamSink(server.client(), "t", maxlen=0, model_name="m")
+        sink.claim("cam", owner="w1", restart=True)
+        sink.claim("cam", owner="w1", restart=True)  # run 2
+        sink.publish(batch("cam", 0, 5, lease="w1"))
+        port = server.port
+        server.stop()
+        server = RedisProc(tmp_path, port=port)  # nothing kept ("--save ''", no AOF)
+        client = server.client()
+        assert client.hgetall("t:status:{cam}") == {}
+        assert sink.publish(batch("cam", 5, 3, lease="w1")).written == {"cam": 3}
+        assert client.hget("t:status:{cam}", "owner") == b"w1" and client.hget("t:status:{cam}", "run") == b"2"
+        other = RedisStreamSink(client, "t", maxlen=0, model_name="m")
+        assert other.publish(batch("cam", 8, 1, lease="intruder")).fenced == {("cam", "intruder")}
+        assert other.claim("cam", owner="w2") == 8 and other.run_of("cam") == 2
+        assert [decode_entry(f)["run"] for _, f in client.xrange("t:detections:{cam}")] == [2, 2, 2]
+    finally:
+        server.stop()
+
+
+def test_a_claim_finding_no_record_goes_on_where_the_job_knows_the_run_to_be(redis_proc):
+    """Redis lost the stream's record before any writer put it back: the claim goes on in the
+    run the job knows of, after the frames it saw published. With the record there, or for a
+    new run, what the job knows is ignored."""
+    from fpnstream.core.reports import Resume
+
+    client = redis_proc.client()
+    sink = RedisStreamSink(client, "t", maxlen=0, model_name="m")
+    sink.claim("cam", owner="w1", restart=True)
+    sink.publish(batch("cam", 0, 5, lease="w1"))
+    assert sink.claim("cam", owner="w2", known=Resume(1, 99)) == 5 and not sink.recovered("cam")  # Redis knows
+    client.flushall()
+    assert sink.claim("cam", owner="w3", known=Resume(1, 4)) == 4
+    assert sink.recovered("cam") and sink.run_of("cam") == 1 and client.hget("t:status:{cam}", "owner") == b"w3"
+    assert sink.publish(batch("cam", 4, 2, lease="w3")).written == {"cam": 2}
+    client.flushall()
+    assert sink.claim("cam", owner="w4", restart=True, known=Resume(1, 6)) == 0 and sink.run_of("cam") == 1
+    client.flushall()
+    assert sink.claim("cam", owner="w5") == 0 and not sink.recovered("cam")  # nothing known: a new run
+
+
+def test_frames_of_an_earlier_claim_do_not_write_a_lost_claim_back(redis_proc):
+    """Only the writer's current claim is written back: frames still in flight from an earlier
+    one would make that claim the owner and fence the current one off."""
+    client = redis_proc.client()
+    sink = RedisStreamSink(client, "t", maxlen=0, model_name="m")
+    sink.claim("cam", owner="first", restart=True)
+    sink.claim("cam", owner="again")
+    client.flushall()
+    sink.publish(batch("cam", 0, 2, lease="first"))
+    assert client.hget("t:status:{cam}", "owner") is None and client.hget("t:status:{cam}", "run") is None
+    assert sink.publish(batch("cam", 2, 2, lease="again")).written == {"cam": 2}
+    assert client.hget("t:status:{cam}", "owner") == b"again"
+
+
 @pytest.mark.parametrize("kind", ["detections", "status", "events"])
 def test_a_stream_whose_key_holds_another_type_is_unwritable_and_the_others_are_written(redis_proc, kind):
     """Someone wrote over one of a stream's keys: that stream's frames are refused with the
