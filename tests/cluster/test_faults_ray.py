@@ -399,7 +399,7 @@ def test_redis_restarted_without_its_data_then_the_worker_killed_repeats_no_fram
     data; the next claim took the stream for new and started it over at frame 0, so ~100
     frames were published twice. Now the writer puts its claim back with its next batch:
     the new claim resumes after the last frame published, in the same run."""
-    n = 300
+    n = 200
     clip = write_clip(tmp_path / "paced.mp4", frames=n, width=96, height=64, fps=25, seed=5)
     server = RedisProc(tmp_path)  # keeps nothing: a restart loses everything
     port = server.port
@@ -440,7 +440,7 @@ def test_redis_emptied_while_the_streams_worker_is_frozen_the_move_keeps_the_run
     new claim found no record and started the stream over at frame 0; now it goes on in the
     run the coordinator knows of, after the frames it saw published (at most a poll's worth
     is published again), and the frozen worker, when it wakes, is fenced."""
-    n = 300
+    n = 200
     clip = write_clip(tmp_path / "paced.mp4", frames=n, width=96, height=64, fps=25, seed=6)
     cfg = tmp_path / "frozen.yaml"
     cfg.write_text("ray:\n  poll_interval_s: 1\n  poll_misses: 3\n"
