@@ -87,7 +87,10 @@ for s = 1, #KEYS / 3 do
   local c = false
   if not why then c, why = counters(status_key, 'last_frame', 'published', 'run') end
   local owner = not why and redis.call('HGET', status_key, 'owner')
-  local fenced = why or (owner_arg ~= '' and owner and owner ~= owner_arg)
+  -- With no record (Redis lost its data), only the writer's current claim may write: a
+  -- late frame of an earlier claim, or of one the worker gave up, could move last_frame past
+  -- frames the current claim has yet to write.
+  local fenced = why or (owner_arg ~= '' and ((owner and owner ~= owner_arg) or (not owner and not c.run and run_arg == '')))
   local last = c and c.last_frame or -1
   local written = 0
   for _ = 1, count do
@@ -147,6 +150,11 @@ elseif ARGV[2] == '1' or run == 0 then
   run = run + 1
   redis.call('HSET', KEYS[1], 'run', run, 'last_frame', -1, 'published', 0)
   redis.call('HDEL', KEYS[1], 'tracks')
+elseif run == known_run and floor - 1 > (c.last_frame or -1) then
+  -- Redis holds less than the job saw published (it lost writes: a restart without its data
+  -- after which a writer that had stopped long before put the claim back): resume after
+  -- what the job saw. With Redis intact the job never sees more than Redis has.
+  redis.call('HSET', KEYS[1], 'last_frame', floor - 1)
 end
 if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'owner', ARGV[1]) end
 return {tonumber(redis.call('HGET', KEYS[1], 'last_frame') or '-1') + 1, run, recovered, redis.call('HGET', KEYS[1], 'tracks')}
@@ -243,6 +251,12 @@ class RedisStreamSink:
     def run_of(self, stream_id: str) -> int:
         return self._runs.get(stream_id, 1)
 
+    def release(self, stream_id: str, lease: str | None = None) -> None:
+        """This worker no longer holds its claim of `stream_id` (only if it is `lease`, when
+        given): it moved, or was taken away. Its late frames never write a lost claim back."""
+        if lease is None or self._owners.get(stream_id) == lease:
+            self._owners.pop(stream_id, None)
+
     def recovered(self, stream_id: str) -> bool:
         """Whether the last claim of `stream_id` found no record in Redis and went on from `known`."""
         return self._recovered.get(stream_id, False)
@@ -307,6 +321,7 @@ class RedisStreamSink:
                         unwritable[(sid, lease)] = f"stream {sid}: {n.decode(errors='replace')}; delete or rename that key"
                     elif n == -1:
                         fenced.add((sid, lease))
+                        self.release(sid, lease)
                     else:
                         written[sid] = written.get(sid, 0) + int(n)
         except redis.RedisError as e:

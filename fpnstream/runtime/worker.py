@@ -75,6 +75,8 @@ class StreamWorker:
         return Assignment(start, restored, self._sink.run_of(spec.stream_id), self._sink.recovered(spec.stream_id))
 
     def unassign(self, stream_id: str) -> None:
+        if self._sink is not None:  # should Redis lose its data, the stream's claim is another's to write back
+            self._sink.release(stream_id)
         if self._pipeline is not None:
             self._pipeline.remove_source(stream_id)
 

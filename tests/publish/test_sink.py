@@ -194,7 +194,11 @@ def test_a_claim_finding_no_record_goes_on_where_the_job_knows_the_run_to_be(red
     sink = RedisStreamSink(client, "t", maxlen=0, model_name="m")
     sink.claim("cam", owner="w1", restart=True)
     sink.publish(batch("cam", 0, 5, lease="w1"))
-    assert sink.claim("cam", owner="w2", known=Resume(1, 99)) == 5 and not sink.recovered("cam")  # Redis knows
+    assert sink.claim("cam", owner="w2", known=Resume(2, 99)) == 5 and not sink.recovered("cam")  # another run
+    assert sink.claim("cam", owner="w2", known=Resume(1, 3)) == 5  # Redis knows more
+    # Redis knows less than the job saw (it lost writes; a stale writer put an old claim back)
+    assert sink.claim("cam", owner="w2", known=Resume(1, 7)) == 7 and not sink.recovered("cam")
+    client.hset("t:status:{cam}", "last_frame", 4)
     client.flushall()
     assert sink.claim("cam", owner="w3", known=Resume(1, 4)) == 4
     assert sink.recovered("cam") and sink.run_of("cam") == 1 and client.hget("t:status:{cam}", "owner") == b"w3"
@@ -205,18 +209,36 @@ def test_a_claim_finding_no_record_goes_on_where_the_job_knows_the_run_to_be(red
     assert sink.claim("cam", owner="w5") == 0 and not sink.recovered("cam")  # nothing known: a new run
 
 
-def test_frames_of_an_earlier_claim_do_not_write_a_lost_claim_back(redis_proc):
-    """Only the writer's current claim is written back: frames still in flight from an earlier
-    one would make that claim the owner and fence the current one off."""
+def test_with_no_record_only_the_writers_current_claim_writes(redis_proc):
+    """Frames still in flight from an earlier claim, or from a claim the worker gave up, are
+    fenced while Redis has no record: written back, that claim would fence the current one
+    off; written at all, they would move the resume point past the current claim's frames."""
     client = redis_proc.client()
     sink = RedisStreamSink(client, "t", maxlen=0, model_name="m")
     sink.claim("cam", owner="first", restart=True)
     sink.claim("cam", owner="again")
     client.flushall()
-    sink.publish(batch("cam", 0, 2, lease="first"))
-    assert client.hget("t:status:{cam}", "owner") is None and client.hget("t:status:{cam}", "run") is None
+    assert sink.publish(batch("cam", 5, 2, lease="first")).fenced == {("cam", "first")}
+    assert client.hgetall("t:status:{cam}") == {} and client.xlen("t:detections:{cam}") == 0
     assert sink.publish(batch("cam", 2, 2, lease="again")).written == {"cam": 2}
     assert client.hget("t:status:{cam}", "owner") == b"again"
+    sink.release("cam")  # moved away (a balance move): its late frames no longer write
+    client.flushall()
+    assert sink.publish(batch("cam", 4, 1, lease="again")).fenced == {("cam", "again")}
+    assert client.hgetall("t:status:{cam}") == {}
+
+
+def test_a_fenced_claim_no_longer_writes_a_lost_claim_back(redis_proc):
+    """Fenced once (the stream moved to another worker), a claim stays given up: after a
+    loss of Redis's data its buffered frames cannot take the stream back."""
+    client = redis_proc.client()
+    sink = RedisStreamSink(client, "t", maxlen=0, model_name="m")
+    sink.claim("cam", owner="mine", restart=True)
+    RedisStreamSink(client, "t", maxlen=0, model_name="m").claim("cam", owner="theirs")
+    assert sink.publish(batch("cam", 0, 1, lease="mine")).fenced == {("cam", "mine")}
+    client.flushall()
+    assert sink.publish(batch("cam", 1, 1, lease="mine")).fenced == {("cam", "mine")}
+    assert client.hget("t:status:{cam}", "owner") is None
 
 
 @pytest.mark.parametrize("kind", ["detections", "status", "events"])
