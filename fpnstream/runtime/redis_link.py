@@ -2,8 +2,10 @@
 the control channel), made so that an outage never stops the job.
 
 A call that fails marks the link down and returns a default at once; while down, calls
-return their defaults without touching the network, and `probe()` pings with backoff until
-Redis answers. Every write the coordinator makes here is the latest state of something it
+return their defaults without touching the network, and `probe()` tries again with backoff:
+a PING when Redis was out of reach, the refused call itself when Redis answered but refused
+it (out of memory, a replica's READONLY, ...), since Redis then answers PING all along and a
+PING would call it back at every probe while it still refuses every write. Every write the coordinator makes here is the latest state of something it
 rewrites every tick, so skipping writes during an outage loses nothing; reads (the control
 channel) resume from where they were. Detection and publishing go on meanwhile: workers
 buffer their results (fpnstream.publish.spool) and publish them exactly once when Redis is back.
@@ -34,6 +36,7 @@ class RedisLink:
         self._up = True
         self._down_at = 0.0  # when the current outage began (clock)
         self._next_probe = 0.0
+        self._retry: Callable[[], Any] | None = None  # what probes while Redis refuses calls (else a PING)
         self._refusals: set[str] = set()
 
     @property
@@ -58,18 +61,18 @@ class RedisLink:
             if "WRONGTYPE" in str(e):  # a pipeline's says "Command # 4 (HSET ...) ... error: WRONGTYPE"
                 self._refused(e)
             else:
-                self._mark_down(e)
+                # Each such call is the latest state of something rewritten every tick, or a
+                # read: made again as the probe, it does no harm.
+                self._mark_down(e, retry=lambda: fn(*args, **kwargs))
             return default
         except redis.RedisError as e:
             self._mark_down(e)
             return default
 
     def _refused(self, e: Exception) -> None:
-        text = redact_text(str(e)).splitlines()[0]
-        # A pipeline's error quotes the whole command, values changing every tick: keep the
-        # command and key only, so the same refusal is said once.
-        if m := re.match(r"Command # \d+ \((\S+) (\S+).*\) of pipeline caused error: (.*)", text):
-            text = f"{m[1]} {m[2]}: {m[3]}"
+        # Values in a pipeline's command change every tick: the command and key only, so the
+        # same refusal is said once.
+        text = _short(redact_text(str(e)).splitlines()[0])
         if text not in self._refusals:  # said once: the same call comes back every tick
             self._refusals.add(text)
             log.warning("Redis refused a coordinator call: %s", text)
@@ -81,24 +84,38 @@ class RedisLink:
         if self._clock() < self._next_probe:
             return False
         try:
-            self.client.ping()
+            (self._retry or self.client.ping)()
+        except redis.ResponseError as e:
+            if "WRONGTYPE" not in str(e):  # still refused; WRONGTYPE: Redis takes calls again
+                self._next_probe = self._clock() + self._backoff.next_delay()
+                return False
+            self._refused(e)
         except redis.RedisError:
             self._next_probe = self._clock() + self._backoff.next_delay()
             return False
-        self._up = True
+        self._up, self._retry = True, None
         self._backoff.reset()
         log.info("Redis is back; coordinator resumes status updates and control commands")
         self._on_up()
         return True
 
-    def _mark_down(self, e: Exception) -> None:
+    def _mark_down(self, e: Exception, retry: Callable[[], Any] | None = None) -> None:
+        """`retry`: Redis answered, refusing the call: the probe makes it again (None: a PING)."""
         if self._up:
-            log.warning("Redis unreachable from the coordinator (%s); detection goes on, results are buffered, "
-                        "retrying with backoff", redact_text(str(e)).splitlines()[0] if str(e) else type(e).__name__)
-            self._up = False
+            why = redact_text(str(e)).splitlines()[0] if str(e) else type(e).__name__
+            log.warning("%s (%s); detection goes on, results are buffered, retrying with backoff",
+                        "Redis refuses the coordinator's calls" if retry else "Redis unreachable from the coordinator",
+                        _short(why))
+            self._up, self._retry = False, retry
             self._down_at = self._clock()
             self._on_down()
         self._next_probe = self._clock() + self._backoff.next_delay()
+
+
+def _short(why: str) -> str:
+    """A pipeline's error quotes its whole command (every stream's status): the command and key do."""
+    m = re.match(r"Command # \d+ \((\S+) (\S+).*\) of pipeline caused error: (.*)", why)
+    return f"{m[1]} {m[2]}: {m[3]}" if m else why
 
 
 class OutageDeadline:

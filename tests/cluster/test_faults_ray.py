@@ -472,3 +472,42 @@ def test_redis_emptied_while_the_streams_worker_is_frozen_the_move_keeps_the_run
            published_before_the_loss=before, resumed_at=first, published_again=max(0, before - first),
            duplicated_after_the_loss=len(frames) - len({f for _, f in frames}))
     assert 0 < first <= before and frames == [(1, i) for i in range(first, n)]
+
+
+def test_redis_out_of_memory_mid_run_is_one_outage_and_loses_nothing(tmp_path, redis_proc, small_checkpoint):
+    """Redis at its maxmemory answers reads and PING but refuses every write. The workers
+    buffer their results and retry; the coordinator counts one outage for as long as it
+    lasts. Before, its PING probe called Redis back at once and the next write took it down
+    again: an outage and a recovery logged twice a second, readiness and the outage counter
+    flapping, while not one write was taken."""
+    n = 150
+    clip = write_clip(tmp_path / "paced.mp4", frames=n, width=96, height=64, fps=25, seed=7)
+    cfg = tmp_path / "oom.yaml"
+    cfg.write_text(f"sources:\n  - id: f\n    uri: {clip}\n    realtime: true\n")
+    mport = free_port()
+    proc = start_run("--config", str(cfg), *FAST, "--weights", str(small_checkpoint), "--redis-url", redis_proc.url,
+                     "--metrics-port", str(mport))
+    key, client = "fpnstream:detections:{f}", redis_proc.client()
+    seen = []
+    try:
+        wait_for(lambda: client.xlen(key) >= 40, proc, what="first frames")
+        client.config_set("maxmemory", "1")
+        for _ in range(5):  # the outage as a scrape sees it, once a second
+            time.sleep(1)
+            text = http(f"http://127.0.0.1:{mport}/metrics")[1]
+            seen.append((metric(text, "fpnstream_redis_up"), metric(text, "fpnstream_redis_outages_total")))
+        written_meanwhile = client.xlen(key)
+        client.config_set("maxmemory", "0")
+        _, err = proc.communicate(timeout=240)
+        frames = [e["frame"] for e in entries(client, key)]
+    finally:
+        proc.kill()
+        client.config_set("maxmemory", "0")
+    assert proc.returncode == 0, err[-3000:]
+    record("Redis out of memory (maxmemory) for 5 s", **exactly_once(frames, n), longest_pause_s=longest_pause_s(client, key),
+           outages_counted=max(o for _, o in seen))
+    assert "Traceback" not in err and "internal error" not in err
+    assert "publishing to Redis failed: command not allowed when used memory > 'maxmemory'" in err, err[-3000:]
+    assert err.count("Redis refuses the coordinator's calls") == 1 and err.count("Redis is back") == 1, err[-3000:]
+    assert seen[1:] == [(0, 1)] * 4, seen  # down for the whole outage, counted once
+    assert written_meanwhile < n and frames == list(range(n))

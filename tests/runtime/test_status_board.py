@@ -63,3 +63,38 @@ def test_a_published_counter_that_is_no_integer_reads_as_unknown(redis_proc):
     client.hset("pc:status:{ok}", mapping={"published": "7"})
     board = StatusBoard(client, "pc", DriverMetrics(CollectorRegistry()))
     assert board.published("cam") is None and board.published("ok") == 7
+
+
+def test_redis_refusing_writes_is_one_outage_until_it_takes_them_again(redis_proc, caplog):
+    """Redis out of memory (maxmemory reached) answers PING but refuses every write. A PING
+    probe called it back at once, the next write took it down again: the coordinator logged
+    an outage and a recovery twice a second, and readiness and the outage counter flapped.
+    Now the probe makes the refused call again: one outage, over when Redis takes writes."""
+    import logging
+
+    client = redis_proc.client()
+    metrics = DriverMetrics(CollectorRegistry())
+    board = StatusBoard(client, "sb", metrics)
+    rows = {"a": {"state": "streaming", "decoded": 1}}
+    client.config_set("maxmemory", "1")
+    try:
+        with caplog.at_level(logging.INFO):
+            board.write_all(rows)
+            assert not board.up
+            for _ in range(3):
+                board.link._next_probe = 0.0  # probe now rather than after the backoff
+                assert not board.link.probe(), "Redis still refuses writes"
+                board.write_all(rows)
+            assert client.ping() and client.hget("sb:status:{a}", "decoded") is None
+            client.config_set("maxmemory", "0")
+            board.link._next_probe = 0.0
+            assert board.link.probe()
+            assert client.hget("sb:status:{a}", "decoded") == b"1"  # the probe was the refused write
+    finally:
+        client.config_set("maxmemory", "0")
+    assert board.up
+    assert metrics.redis_outages._value.get() == 1 and metrics.redis_up._value.get() == 1
+    said = [r.getMessage() for r in caplog.records if r.name == "fpnstream.runtime.redis_link"]
+    assert len(said) == 2 and said[1].startswith("Redis is back"), said
+    assert said[0].startswith("Redis refuses the coordinator's calls (SADD sb:streams: command not allowed when "
+                              "used memory > 'maxmemory'"), said
