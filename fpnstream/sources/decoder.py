@@ -36,9 +36,14 @@ class FrameSampler:
         if self._period is None:
             return True
         # A small tolerance so 30 -> 10 fps keeps exactly every third frame despite float PTS.
-        if self._next is None or t >= self._next - self._period * 1e-3:
+        slack = self._period * 1e-3
+        # Timestamps that went back past the last kept frame (an encoder restarted behind a
+        # UDP/SRT feed, a looping RTSP server, TS segments back to back) start a new timeline:
+        # waiting for them to pass the old one dropped every frame for as long as it had run.
+        went_back = self._next is not None and t < self._next - self._period - slack
+        if self._next is None or went_back or t >= self._next - slack:
             # Re-anchor after a jump (seek, PTS discontinuity) instead of bursting to catch up.
-            base = self._next if self._next is not None and t - self._next < self._period else t
+            base = self._next if self._next is not None and not went_back and t - self._next < self._period else t
             self._next = base + self._period
             return True
         return False
@@ -58,12 +63,17 @@ class Pacer(NoPacer):
 
     def __init__(self, sleep: Callable[[float], None] = time.sleep) -> None:
         self._origin: tuple[float, float] | None = None
+        self._last_t = 0.0
         self._sleep = sleep
         self.slept_s = 0.0  # so timing of the decode stage can leave the pacing out
 
     def wait_until(self, t: float) -> None:
         now = time.monotonic()
-        if self._origin is None or t < self._origin[1]:  # first frame, or timestamps went back
+        went_back, self._last_t = self._origin is not None and t < self._last_t, t
+        # First frame, or timestamps went back (segments back to back): played from here.
+        # Measured against the origin alone, a timeline that restarted after it was behind
+        # the clock until it passed the old one, so it was played unpaced.
+        if self._origin is None or went_back:
             self._origin = (now, t)
             return
         delay = self._origin[0] + (t - self._origin[1]) - now

@@ -96,6 +96,45 @@ def test_sampler_reanchors_after_jump():
     assert kept == [0.0, 0.1, 5.0, 5.1]
 
 
+def test_sampler_starts_over_when_timestamps_go_back():
+    s = FrameSampler(10)
+    kept = [t for t in (0.0, 0.05, 0.1, 0.2, 0.3, 0.0, 0.05, 0.1, 0.2, 0.29) if s.keep(t)]
+    assert kept == [0.0, 0.1, 0.2, 0.3, 0.0, 0.1, 0.2]
+
+
+def _timeline_restarts(tmp_path, frames: int):
+    """Two MPEG-TS segments back to back, each from the same first timestamp: what a UDP or
+    SRT feed delivers when the encoder behind it restarts, or a looping RTSP server."""
+    from fpnstream.devtools.synthetic import write_clip
+
+    a = write_clip(tmp_path / "a.ts", frames=frames, width=96, height=64, seed=1)
+    b = write_clip(tmp_path / "b.ts", frames=frames, width=96, height=64, seed=2)
+    both = tmp_path / "both.ts"
+    both.write_bytes(a.read_bytes() + b.read_bytes())
+    return both
+
+
+def test_fps_sampling_goes_on_when_the_timestamps_start_over(tmp_path):
+    """Sampling waited for the second timeline to pass the first: every frame of the second
+    segment was sampled out (no error, no drop counted: a silent stream)."""
+    d = decoder(_timeline_restarts(tmp_path, 60), fps=10)  # 30 fps: every third frame
+    frames = list(d.frames())
+    assert frames[30].pts < frames[19].pts, "the second segment's timestamps start over"
+    assert [f.index for f in frames] == list(range(0, 60, 3)) + list(range(60, 120, 3))
+    assert d.frames_decoded == 120 and d.frames_sampled_out == 80
+
+
+def test_realtime_pacing_goes_on_when_the_timestamps_start_over(tmp_path):
+    """The second segment was played as fast as it decoded: its timestamps were behind the
+    clock that the first one had set."""
+    frames = list(decoder(_timeline_restarts(tmp_path, 12), realtime=True).frames())
+    second = frames[12:]
+    assert len(frames) == 24 and second[0].pts < frames[11].pts
+    early = [(f.pts - second[0].pts) - (f.capture_ts - second[0].capture_ts) for f in second]
+    assert max(early) <= 0.005, early  # released no sooner than its own timeline says
+    assert second[-1].pts - second[0].pts == pytest.approx(11 / 30, abs=0.01)
+
+
 @pytest.mark.parametrize("name", ["truncated_mkv", "truncated_mp4"])
 def test_truncated_file_yields_decodable_frames_then_warns(clips, name):
     d = decoder(clips[name])
