@@ -14,8 +14,10 @@ from urllib.parse import urlsplit
 
 import redis
 from redis.cluster import RedisCluster
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import RedisClusterException
+from redis.exceptions import ReadOnlyError, RedisClusterException
+from redis.retry import Retry
 
 from fpnstream.core.errors import SinkError
 from fpnstream.core.redact import redact_text, redact_url
@@ -39,7 +41,7 @@ def connect(url: str, socket_timeout_s: float = 10.0, cluster: bool | None = Non
     if cluster and url.startswith("unix://"):
         raise SinkError(_UNIX_CLUSTER)
     try:
-        client = redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
+        client = _server_client(url, socket_timeout_s)
         client.ping()
         if cluster is None:
             cluster = _cluster_enabled(client)
@@ -71,7 +73,20 @@ def lazy_client(url: str, socket_timeout_s: float = 10.0, cluster: bool = False)
     buffer results) while Redis is away."""
     if cluster:
         return LazyCluster(lambda: _cluster_client(url, socket_timeout_s))
-    return redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
+    return _server_client(url, socket_timeout_s)
+
+
+def _server_client(url: str, socket_timeout_s: float) -> redis.Redis:
+    """A client of one server (connects on first use).
+
+    After a failover behind one address (a DNS name, as managed Redis services have, or a
+    proxy that now routes to the new primary), a pooled connection still open to the old
+    primary is answered READONLY for every write, for ever: redis-py keeps it. Such a
+    connection is closed and the call made once more, on a new connection, which reaches
+    the new primary. READONLY only: the call was refused, so it did not run; a call that
+    timed out may have run, and a claim that starts a new run must not run twice."""
+    return redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s,
+                                retry=Retry(NoBackoff(), 1, supported_errors=(ReadOnlyError,)))
 
 
 def is_cluster(client) -> bool:

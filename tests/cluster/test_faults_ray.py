@@ -511,3 +511,45 @@ def test_redis_out_of_memory_mid_run_is_one_outage_and_loses_nothing(tmp_path, r
     assert err.count("Redis refuses the coordinator's calls") == 1 and err.count("Redis is back") == 1, err[-3000:]
     assert seen[1:] == [(0, 1)] * 4, seen  # down for the whole outage, counted once
     assert written_meanwhile < n and frames == list(range(n))
+
+
+def test_redis_failover_behind_one_address_lands_every_frame_on_the_new_primary(tmp_path, small_checkpoint):
+    """The job talks to one address in front of a primary and its replica (a managed Redis's
+    DNS name, a proxy). Mid-run the primary hands over (`FAILOVER`: the replica has caught
+    up, is promoted, the old primary becomes its replica) and the address moves to the new
+    primary. Connections made before stay on the old one, which answers READONLY to every
+    write: redis-py kept them, so the workers buffered and retried against it and the job
+    never ended. Now such a connection is dropped and the call made again on a new one."""
+    from tests.tcp_proxy import TcpProxy
+
+    n = 150
+    clip = write_clip(tmp_path / "paced.mp4", frames=n, width=96, height=64, fps=25, seed=9)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    old, new = RedisProc(tmp_path / "a"), RedisProc(tmp_path / "b")
+    new.client().replicaof("127.0.0.1", old.port)
+    wait_for(lambda: new.client().info("replication").get("master_link_status") == "up", timeout=30,
+             what="the replica in sync")
+    proxy = TcpProxy(old.port)
+    cfg = tmp_path / "failover.yaml"
+    cfg.write_text(f"sources:\n  - id: f\n    uri: {clip}\n    realtime: true\n")
+    proc = start_run("--config", str(cfg), *FAST, "--weights", str(small_checkpoint), "--redis-url", proxy.url,
+                     "--metrics-port", "0")
+    key = "fpnstream:detections:{f}"
+    try:
+        wait_for(lambda: old.client().xlen(key) >= 40, proc, what="first frames")
+        old.client().execute_command("FAILOVER", "TO", "127.0.0.1", new.port)
+        wait_for(lambda: new.client().info("replication")["role"] == "master", timeout=30, what="the failover")
+        proxy.target = new.port
+        before = new.client().xlen(key)
+        _, err = proc.communicate(timeout=150)
+        frames = [e["frame"] for e in entries(new.client(), key)]
+    finally:
+        proc.kill()
+        proxy.close()
+        old.stop()
+        new.stop()
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err and "internal error" not in err
+    record("Redis failover behind one address (FAILOVER, then the address moved)", **exactly_once(frames, n),
+           on_the_new_primary_at_the_failover=before)
+    assert 40 <= before < n and frames == list(range(n))
