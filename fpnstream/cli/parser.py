@@ -97,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     s_add = ssub.add_parser("add", help="add a stream: [ID=]URI; write passwords as ${VAR} (expanded by the job)")
     s_add.add_argument("source", metavar="[ID=]URI")
     s_add.add_argument("--fps", type=float)
+    s_add.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
+                       help="as sources[].live: --no-live reads a video file served over http(s) once (default: by the URI)")
     s_add.add_argument("--track", action="store_true", help="track objects in this stream (track_id in detections)")
     s_add.add_argument("--zone", action="append", metavar="NAME:x,y;x,y;x,y",
                        help="a polygon zone in frame pixels (enter/exit events, occupancy); repeatable")

@@ -75,7 +75,7 @@ def cmd_streams(a: argparse.Namespace) -> int:
                 raise ConfigError("--fps must be within 0..1000 (> 0)")
             analytics = stream_analytics(a.zone, a.line, a.track)
             _a_job_reads(client, prefix)
-            send_add(client, prefix, src.id, src.uri, a.fps, analytics)
+            send_add(client, prefix, src.id, src.uri, a.fps, analytics, live=a.live)
             print(f"fpnstream: asked the job to add {redact_text(src.uri)}", file=sys.stderr)
         elif a.streams_command == "remove":
             _a_job_reads(client, prefix)

@@ -27,6 +27,8 @@ class SourceConfig(_Strict):
     id: str | None = Field(default=None, pattern=f"^{STREAM_ID}$")
     fps: float | None = Field(default=None, gt=0, le=1000, description="sample down to this rate")
     realtime: bool = Field(default=False, description="files: emit frames at their recorded rate, like a camera")
+    live: bool | None = Field(default=None, description="unset: by the URI (a path is a file, a network URL live); "
+                              "false: a video file served over the network (http(s)://...mp4), read once to its end")
     tracking: TrackingOverride | None = Field(default=None, description="per-stream changes to `tracking:`")
     zones: tuple[ZoneConfig, ...] = Field(default=(), description="polygons: enter/exit events and occupancy")
     lines: tuple[LineConfig, ...] = Field(default=(), description="lines: cross events with a direction")

@@ -29,8 +29,9 @@ def expand_env(uri: str, environ: Mapping[str, str]) -> str:
 
 
 def send_add(client: redis.Redis, prefix: str, stream_id: str | None, uri: str, fps: float | None,
-             analytics: dict[str, Any] | None = None) -> str:
-    """`analytics`: the stream's `tracking`, `zones` and `lines` (as in a config file)."""
+             analytics: dict[str, Any] | None = None, live: bool | None = None) -> str:
+    """`analytics`: the stream's `tracking`, `zones` and `lines` (as in a config file);
+    `live`: as `sources[].live` (None: by the URI)."""
     password = (userinfo(uri) or "").partition(":")[2]
     secrets = [password] if password else []
     secrets += query_secrets(uri)  # ?password=, SRT's ?passphrase=, ...
@@ -47,6 +48,8 @@ def send_add(client: redis.Redis, prefix: str, stream_id: str | None, uri: str, 
         cmd["id"] = stream_id
     if fps:
         cmd["fps"] = str(fps)
+    if live is not None:
+        cmd["live"] = "1" if live else "0"
     if analytics:
         cmd["analytics"] = json.dumps(analytics)
     return client.xadd(control_key(prefix), cmd, maxlen=10_000, approximate=True).decode()

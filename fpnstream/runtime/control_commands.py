@@ -24,11 +24,14 @@ def source_of(cmd: dict[str, str]) -> SourceConfig:
     analytics = json.loads(cmd["analytics"]) if cmd.get("analytics") else {}
     if not isinstance(analytics, dict):
         raise ValueError("analytics must be a JSON object")
-    if clash := sorted({"uri", "id", "fps"} & analytics.keys()):
+    if clash := sorted({"uri", "id", "fps", "live"} & analytics.keys()):
         raise ValueError(f"analytics may not set {', '.join(clash)}")
+    if cmd.get("live", "") not in ("", "0", "1"):
+        raise ValueError("live must be 0 or 1")
+    live = {"": None, "0": False, "1": True}[cmd.get("live", "")]
     # make_source: one line without the input values (pydantic's own message quotes a
     # shortened URL, which no redaction pattern recognises: its password or key showed)
-    return make_source(uri=cmd["uri"], id=cmd.get("id") or None, fps=fps, **analytics)
+    return make_source(uri=cmd["uri"], id=cmd.get("id") or None, fps=fps, live=live, **analytics)
 
 
 class ControlCommands:

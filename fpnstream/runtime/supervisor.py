@@ -31,6 +31,11 @@ class _Source:
     thread: threading.Thread | None = None
 
 
+# An http(s) URL counts as live (MJPEG, HLS, FLV feeds), so a video file served over HTTP
+# is opened again at its end, for ever: say what to do where it happens.
+_HTTP_FILE_HINT = " (an http(s) source counts as live and is opened again; a video file needs `live: false`)"
+
+
 class SourceSupervisor:
     def __init__(self, ledger: StreamLedger, mux: FrameMux, observer: PipelineObserver,
                  backoff: Callable[[], Backoff]) -> None:
@@ -123,7 +128,8 @@ class SourceSupervisor:
                 self._read_connection(src, decoder, on_first_frame=backoff.reset)
                 if src.stop.is_set():
                     break
-                report.error = f"source {sid}: the stream ended"
+                report.error = f"source {sid}: the stream ended" + (
+                    _HTTP_FILE_HINT if decoder.spec.uri.lower().startswith(("http://", "https://")) else "")
             except SourceError as e:
                 report.error = str(e)
             if src.stop.is_set():

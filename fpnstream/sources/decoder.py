@@ -119,7 +119,7 @@ class VideoDecoder:
 
     def open(self) -> None:
         spec = self.spec
-        if not spec.live:
+        if not spec.live and spec.local:
             path = spec.path
             if not path.exists():
                 raise SourceError(f"source {spec.stream_id}: file not found: {path}")
@@ -132,12 +132,13 @@ class VideoDecoder:
             options["rtsp_transport"] = self._cfg.rtsp_transport
         started = time.monotonic()
         try:
+            # Network reads time out, a file served over http(s) too; a local file does not.
             self._container = av.open(
-                str(spec.path) if not spec.live else spec.uri,
+                str(spec.path) if spec.local else spec.uri,
                 mode="r",
                 options=options,
                 timeout=(self._cfg.open_timeout_s, min(self._cfg.read_timeout_s, self._cfg.stall_timeout_s))
-                if spec.live else None,
+                if spec.live or not spec.local else None,
             )
         except av.error.FileNotFoundError:
             raise SourceError(f"source {spec.stream_id}: not found: {spec.display}") from None

@@ -36,6 +36,11 @@ class SourceSpec:
         return redact_url(self.uri)
 
     @property
+    def local(self) -> bool:
+        """A path on this machine (a file, or a pipe or device told to be live), not a URL."""
+        return _scheme(self.uri) in ("", "file")
+
+    @property
     def path(self) -> Path:
         """Local file path of a file source."""
         return Path(unquote(urlsplit(self.uri).path)) if self.uri.startswith("file://") else Path(self.uri)
@@ -104,6 +109,7 @@ def resolve_sources(configs: Iterable[SourceConfig]) -> list[SourceSpec]:
             while sid in taken:
                 sid, n = f"{base}-{n}", n + 1
         taken.add(sid)
-        specs.append(SourceSpec(sid, cfg.uri, live=scheme in LIVE_SCHEMES, fps=cfg.fps, realtime=cfg.realtime,
+        live = scheme in LIVE_SCHEMES if cfg.live is None else cfg.live
+        specs.append(SourceSpec(sid, cfg.uri, live=live, fps=cfg.fps, realtime=cfg.realtime,
                                 tracking=cfg.tracking, zones=cfg.zones, lines=cfg.lines))
     return specs

@@ -54,6 +54,29 @@ def test_run_on_ray_publishes_what_torchvision_returns(clips, firing_checkpoint,
     assert unmatched <= max(3, 0.01 * matched), (matched, unmatched)
 
 
+def test_run_on_ray_reads_a_video_file_served_over_http_once_when_told_it_is_not_live(tmp_path, small_checkpoint,
+                                                                                       redis_proc):
+    """An http(s) URL counts as live (a camera's MJPEG or HLS feed): at its end it is opened
+    again, so a video file served over HTTP was read over and over, for ever. `live: false`
+    makes it a file: every frame once, then the job ends."""
+    from fpnstream.devtools.synthetic import write_clip
+    from tests.http_files import HttpFiles
+
+    write_clip(tmp_path / "web" / "v.mp4", frames=30, width=96, height=64, seed=6,
+               container_options={"movflags": "+faststart"})
+    with HttpFiles(tmp_path / "web") as web:
+        cfg = tmp_path / "http.yaml"
+        cfg.write_text(f"sources:\n  - id: v\n    uri: {web.url('v.mp4')}\n    live: false\n")
+        proc = run_cli("run", "--config", str(cfg), "--model", SMALL_MODEL, "--weights", str(small_checkpoint),
+                       "--min-size", "64", "--max-size", "128", "--redis-url", redis_proc.url, "--metrics-port", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stream worker(s) ready" in proc.stderr and "Traceback" not in proc.stderr
+    client = redis_proc.client()
+    assert [decode_entry(f)["frame"] for _, f in client.xrange("fpnstream:detections:{v}")] == list(range(30))
+    assert client.hget("fpnstream:status:{v}", "state") == b"finished"
+    assert client.hget("fpnstream:status:{v}", "live") == b"0"
+
+
 def test_embedded_redis_demo_then_tail_with_live_metrics(tmp_path, clips, small_checkpoint):
     port = free_port()
     scraped: list[str] = []

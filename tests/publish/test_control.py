@@ -63,3 +63,13 @@ def test_status_written_over_with_bytes_that_are_not_utf8_still_lists(redis_proc
     rows = read_status(client, "ctl4")
     assert [r["id"] for r in rows] == ["cam", "\ufffd\ufffd"]
     assert rows[0] == {"id": "cam", "state": "\ufffd("}
+
+
+def test_an_add_sent_with_live_reaches_the_job_as_sent(redis_proc):
+    from fpnstream.runtime.control_commands import source_of
+
+    client = redis_proc.client()
+    for live in (None, False, True):
+        send_add(client, "ctl3", "v", "https://media.example/v.mp4", None, live=live)
+    got = [source_of({k.decode(): v.decode() for k, v in fields.items()}).live for _, fields in client.xrange("ctl3:control")]
+    assert got == [None, False, True]

@@ -20,3 +20,18 @@ def test_a_refused_add_keeps_the_uri_and_its_secrets_out_of_the_reason(caplog):
     assert status["cam"]["state"] == "failed"
     told = caplog.text + repr(status)
     assert "mnop" not in told and "qrst" not in told and "Passw0rd" not in told and "input_value" not in told
+
+
+def test_an_add_says_whether_its_source_is_live_or_leaves_it_to_the_uri():
+    from fpnstream.runtime.control_commands import source_of
+
+    uri = "https://media.example/v.mp4"
+    assert [source_of({"op": "add", "uri": uri, **extra}).live for extra in ({}, {"live": "0"}, {"live": "1"})] == [
+        None, False, True]
+    for bad in ({"live": "yes"}, {"analytics": '{"live": false}'}):
+        try:
+            source_of({"op": "add", "uri": uri, **bad})
+        except ValueError as e:
+            assert "live" in str(e)
+        else:
+            raise AssertionError(f"{bad} was accepted")

@@ -370,3 +370,29 @@ def test_a_stream_moved_away_leaves_no_zone_occupancy_behind_on_the_old_worker(t
     finally:
         old.close()
         new.close()
+
+
+def test_a_video_file_over_http_taken_for_live_says_how_to_read_it_once(detector, redis_proc, tmp_path):
+    """By its URL it is live, so at its end it is opened again; the reconnect line says why
+    and what to set."""
+    from fpnstream.devtools.synthetic import write_clip
+    from tests.http_files import HttpFiles
+
+    write_clip(tmp_path / "v.mp4", frames=6, width=96, height=64, container_options={"movflags": "+faststart"})
+    stop = threading.Event()
+    with HttpFiles(tmp_path) as web:
+        pipeline = make_pipeline(detector, redis_proc.client(), [SourceConfig(uri=web.url("v.mp4"), id="v")], Metrics(),
+                                 keep_open=True)
+        pipeline.start()
+        try:
+            deadline = time.monotonic() + 60
+            while not pipeline.snapshot()["v"].reconnects and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            pipeline.wait(stop)
+    report = pipeline.snapshot()["v"]
+    assert report.live and report.reconnects >= 1
+    assert report.error == ("source v: the stream ended (an http(s) source counts as live and is opened again; "
+                            "a video file needs `live: false`)")
+

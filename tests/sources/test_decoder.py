@@ -135,6 +135,24 @@ def test_realtime_pacing_goes_on_when_the_timestamps_start_over(tmp_path):
     assert second[-1].pts - second[0].pts == pytest.approx(11 / 30, abs=0.01)
 
 
+def test_a_file_served_over_http_is_read_once_to_its_end_when_it_is_not_live(tmp_path):
+    """An http(s) URL counts as live unless the source says `live: false`; then it is a file
+    (every frame, in order, no reconnect at its end, checked against its header)."""
+    from fpnstream.devtools.synthetic import write_clip
+    from tests.http_files import HttpFiles
+
+    clip = write_clip(tmp_path / "v.mp4", frames=30, width=96, height=64, seed=4,
+                      container_options={"movflags": "+faststart"})
+    ref = reference_frames(clip)
+    with HttpFiles(tmp_path) as web:
+        (spec,) = resolve_sources([SourceConfig(uri=web.url("v.mp4"), live=False)])
+        d = VideoDecoder(spec, DecodeConfig())
+        frames = list(d.frames())
+    assert not spec.live and d.expected_frames == 30
+    assert [f.index for f in frames] == list(range(30)) and d.warning is None
+    assert all(np.array_equal(f.image, rgb) for f, (_, _, rgb) in zip(frames, ref))
+
+
 @pytest.mark.parametrize("name", ["truncated_mkv", "truncated_mp4"])
 def test_truncated_file_yields_decodable_frames_then_warns(clips, name):
     d = decoder(clips[name])

@@ -79,3 +79,11 @@ def test_display_redacts():
 def test_explicit_id_wins_over_generated_one_in_any_order():
     specs = resolve_sources([SourceConfig(uri="a.mp4"), SourceConfig(uri="b.mp4", id="a")])
     assert [s.stream_id for s in specs] == ["a-2", "a"]
+
+
+def test_live_is_told_by_the_uri_unless_the_source_says():
+    by_uri = resolve_sources([SourceConfig(uri="https://h/a.mp4", id="a"), SourceConfig(uri="/v/b.mp4", id="b")])
+    assert [s.live for s in by_uri] == [True, False]
+    told = resolve_sources([SourceConfig(uri="https://h/a.mp4", id="a", live=False),
+                            SourceConfig(uri="/tmp/fifo", id="b", live=True)])
+    assert [(s.live, s.local) for s in told] == [(False, False), (True, True)]
