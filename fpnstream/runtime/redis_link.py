@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 import redis
+from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError
 
 from fpnstream.core.redact import redact_text
 from fpnstream.core.backoff import Backoff
@@ -54,22 +55,22 @@ class RedisLink:
         try:
             return fn(*args, **kwargs)
         except redis.ResponseError as e:
-            # A key of another type (someone wrote over a stream's status hash): Redis is up
-            # and refuses this call, every time; the stream's own check fails the stream.
-            # Every other refusal (OOM, MISCONF, BUSY, a cluster's CLUSTERDOWN, TRYAGAIN,
-            # MASTERDOWN, a replica's READONLY) passes, so it counts as Redis being away.
-            if "WRONGTYPE" in str(e):  # a pipeline's says "Command # 4 (HSET ...) ... error: WRONGTYPE"
-                self._refused(e)
-            else:
+            if refuses_every_write(e):
                 # Each such call is the latest state of something rewritten every tick, or a
                 # read: made again as the probe, it does no harm.
                 self._mark_down(e, retry=lambda: fn(*args, **kwargs))
+            else:
+                self._refused(e)
             return default
         except redis.RedisError as e:
             self._mark_down(e)
             return default
 
     def _refused(self, e: Exception) -> None:
+        """Redis is up and refuses this call, every time: a key of another type (someone
+        wrote over a stream's status hash: that stream's own check fails it), an ACL without
+        this key or command (NOPERM), a proxy that lacks the command. Not an outage: the
+        call would be refused for ever, and the coordinator kept away from Redis with it."""
         # Values in a pipeline's command change every tick: the command and key only, so the
         # same refusal is said once.
         text = _short(redact_text(str(e)).splitlines()[0])
@@ -78,7 +79,8 @@ class RedisLink:
             log.warning("Redis refused a coordinator call: %s", text)
 
     def probe(self) -> bool:
-        """While down: one PING when the backoff allows. Returns whether Redis is up."""
+        """While down: one try when the backoff allows (a PING, or the refused call). Returns
+        whether Redis is up."""
         if self._up:
             return True
         if self._clock() < self._next_probe:
@@ -86,10 +88,10 @@ class RedisLink:
         try:
             (self._retry or self.client.ping)()
         except redis.ResponseError as e:
-            if "WRONGTYPE" not in str(e):  # still refused; WRONGTYPE: Redis takes calls again
+            if refuses_every_write(e):  # still
                 self._next_probe = self._clock() + self._backoff.next_delay()
                 return False
-            self._refused(e)
+            self._refused(e)  # Redis takes calls again; this one it refuses by itself
         except redis.RedisError:
             self._next_probe = self._clock() + self._backoff.next_delay()
             return False
@@ -110,6 +112,18 @@ class RedisLink:
             self._down_at = self._clock()
             self._on_down()
         self._next_probe = self._clock() + self._backoff.next_delay()
+
+
+# Refusals of every write while they last (redis-py's classes for some, the reply's first
+# word for the rest): full (OOM), a replica (READONLY), a failing background save (MISCONF),
+# a long script (BUSY), too few replicas, a cluster without a quorum or moving slots.
+_AWAY = (OutOfMemoryError, ReadOnlyError, ClusterDownError, TryAgainError)
+_AWAY_CODES = frozenset({"OOM", "READONLY", "MISCONF", "BUSY", "NOREPLICAS", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN"})
+
+
+def refuses_every_write(e: redis.ResponseError) -> bool:
+    reply = str(e).split(" of pipeline caused error: ", 1)[-1]
+    return isinstance(e, _AWAY) or reply.split(" ", 1)[0] in _AWAY_CODES
 
 
 def _short(why: str) -> str:

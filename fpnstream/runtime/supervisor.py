@@ -129,7 +129,8 @@ class SourceSupervisor:
                 if src.stop.is_set():
                     break
                 report.error = f"source {sid}: the stream ended" + (
-                    _HTTP_FILE_HINT if decoder.spec.uri.lower().startswith(("http://", "https://")) else "")
+                    _HTTP_FILE_HINT if decoder.spec.live_by_uri and decoder.spec.uri.lower().startswith(("http://", "https://"))
+                    else "")
             except SourceError as e:
                 report.error = str(e)
             if src.stop.is_set():

@@ -40,7 +40,8 @@ class FrameSampler:
         # Timestamps that went back past the last kept frame (an encoder restarted behind a
         # UDP/SRT feed, a looping RTSP server, TS segments back to back) start a new timeline:
         # waiting for them to pass the old one dropped every frame for as long as it had run.
-        went_back = self._next is not None and t < self._next - self._period - slack
+        # (More than a period before it: a little jitter is no new timeline.)
+        went_back = self._next is not None and t < self._next - 2 * self._period
         if self._next is None or went_back or t >= self._next - slack:
             # Re-anchor after a jump (seek, PTS discontinuity) instead of bursting to catch up.
             base = self._next if self._next is not None and not went_back and t - self._next < self._period else t
@@ -241,13 +242,23 @@ class VideoDecoder:
                 f"source {self.spec.stream_id}: decoding stopped after {self.next_index} frames "
                 f"({_reason(e)}); the file is probably truncated or corrupt"
             )
+            self._fail_if_cut_off()
         else:
             if not self.spec.live:
                 self.warning = self._check_complete(container, stream, last_pts, rate)
+                self._fail_if_cut_off()
                 if corrupt and self.warning is None:
                     self.warning = f"source {self.spec.stream_id}: skipped {corrupt} corrupt packet(s)"
         finally:
             self.close()
+
+    def _fail_if_cut_off(self) -> None:
+        """A file over the network that stops short was most likely cut off (a dropped
+        connection, a read timeout), not truncated where it is stored: the stream fails,
+        so that it is not taken for finished and the same command resumes it."""
+        if self.warning is not None and not self.spec.local:
+            raise SourceError(f"{self.warning}, or its connection was cut; the same command resumes it "
+                              f"after its last published frame")
 
     def _check_complete(
         self, container: av.container.InputContainer, stream: av.video.stream.VideoStream,

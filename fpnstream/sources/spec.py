@@ -26,6 +26,7 @@ class SourceSpec:
     uri: str  # may carry credentials: log `display`, never this
     live: bool
     fps: float | None = None
+    live_by_uri: bool = True  # `live` is the URI's default, not what the source said
     realtime: bool = False  # a file played at its recorded rate, like a camera
     tracking: TrackingOverride | None = None  # per-stream changes to the job's `tracking:`
     zones: tuple[ZoneConfig, ...] = ()
@@ -109,7 +110,10 @@ def resolve_sources(configs: Iterable[SourceConfig]) -> list[SourceSpec]:
             while sid in taken:
                 sid, n = f"{base}-{n}", n + 1
         taken.add(sid)
+        if cfg.live is False and scheme not in ("", "file", "http", "https"):
+            raise SourceError(f"source {redact_url(cfg.uri)}: `live: false` is for files and http(s) URLs, "
+                              f"not {scheme}://")
         live = scheme in LIVE_SCHEMES if cfg.live is None else cfg.live
-        specs.append(SourceSpec(sid, cfg.uri, live=live, fps=cfg.fps, realtime=cfg.realtime,
+        specs.append(SourceSpec(sid, cfg.uri, live=live, live_by_uri=cfg.live is None, fps=cfg.fps, realtime=cfg.realtime,
                                 tracking=cfg.tracking, zones=cfg.zones, lines=cfg.lines))
     return specs

@@ -22,10 +22,28 @@ def detector(small_checkpoint):
     return Detector.from_config(ModelConfig(name=SMALL_MODEL, weights=str(small_checkpoint), device="cpu", score_threshold=0.3))
 
 
+_backends: list[InProcessBackend] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_backends():
+    """Each test's lane threads end with it: lanes left alive in this test process would make
+    the next Detector built here refuse to set torch's threads (fpnstream.detection.lanes),
+    which depends on which tests xdist gave this process before."""
+    yield
+    while _backends:
+        _backends.pop().close()
+
+
+def backend_of(detector, **kw) -> InProcessBackend:
+    _backends.append(InProcessBackend(detector, **kw))
+    return _backends[-1]
+
+
 def make_pipeline(detector, redis_client, sources, metrics, batch=BatchConfig(max_size=4, max_wait_ms=20), queue_size=4,
                   **options):
     sink = RedisStreamSink(redis_client, "p", maxlen=0, model_name=detector.model_name)
-    pipeline = Pipeline(InProcessBackend(detector), sink, MetricsObserver(metrics), batch, queue_size, **options)
+    pipeline = Pipeline(backend_of(detector), sink, MetricsObserver(metrics), batch, queue_size, **options)
     for spec in resolve_sources(sources):
         sink.claim(spec.stream_id, restart=True)
         pipeline.add_source(VideoDecoder(spec, DecodeConfig()))
@@ -164,7 +182,7 @@ def first_claim_on_a_stand_in(client, tmp_path, prefix, batch_s, queue_size):
 
     clip = write_clip(tmp_path / "c.mp4", frames=60, width=64, height=48)
     sink = RedisStreamSink(client, prefix, maxlen=0, model_name="stand-in")
-    pipeline = Pipeline(InProcessBackend(StandInDetector(batch_s), max_inflight=2), sink, MetricsObserver(Metrics()),
+    pipeline = Pipeline(backend_of(StandInDetector(batch_s), max_inflight=2), sink, MetricsObserver(Metrics()),
                         BatchConfig(max_size=2, max_wait_ms=5), queue_size, keep_open=True)
     spec = resolve_sources([SourceConfig(uri=str(clip), id="c")])[0]
     sink.claim("c", owner="first", restart=True)
@@ -372,17 +390,24 @@ def test_a_stream_moved_away_leaves_no_zone_occupancy_behind_on_the_old_worker(t
         new.close()
 
 
-def test_a_video_file_over_http_taken_for_live_says_how_to_read_it_once(detector, redis_proc, tmp_path):
+def test_a_video_file_over_http_taken_for_live_says_how_to_read_it_once(redis_proc, tmp_path):
     """By its URL it is live, so at its end it is opened again; the reconnect line says why
-    and what to set."""
+    and what to set. (A stand-in detector: what is detected does not matter here, and a
+    real one would set torch's threads in whichever test process this test lands.)"""
+    from fpnstream.devtools.feed import StandInDetector
     from fpnstream.devtools.synthetic import write_clip
     from tests.http_files import HttpFiles
 
     write_clip(tmp_path / "v.mp4", frames=6, width=96, height=64, container_options={"movflags": "+faststart"})
     stop = threading.Event()
+    backend = backend_of(StandInDetector(0.001))
     with HttpFiles(tmp_path) as web:
-        pipeline = make_pipeline(detector, redis_proc.client(), [SourceConfig(uri=web.url("v.mp4"), id="v")], Metrics(),
-                                 keep_open=True)
+        sink = RedisStreamSink(redis_proc.client(), "p", maxlen=0, model_name="stand-in")
+        pipeline = Pipeline(backend, sink, MetricsObserver(Metrics()), BatchConfig(max_size=4, max_wait_ms=20), 4,
+                            keep_open=True)
+        (spec,) = resolve_sources([SourceConfig(uri=web.url("v.mp4"), id="v")])
+        sink.claim("v", restart=True)
+        pipeline.add_source(VideoDecoder(spec, DecodeConfig()))
         pipeline.start()
         try:
             deadline = time.monotonic() + 60
@@ -395,4 +420,3 @@ def test_a_video_file_over_http_taken_for_live_says_how_to_read_it_once(detector
     assert report.live and report.reconnects >= 1
     assert report.error == ("source v: the stream ended (an http(s) source counts as live and is opened again; "
                             "a video file needs `live: false`)")
-

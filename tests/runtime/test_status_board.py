@@ -98,3 +98,27 @@ def test_redis_refusing_writes_is_one_outage_until_it_takes_them_again(redis_pro
     assert len(said) == 2 and said[1].startswith("Redis is back"), said
     assert said[0].startswith("Redis refuses the coordinator's calls (SADD sb:streams: command not allowed when "
                               "used memory > 'maxmemory'"), said
+
+
+def test_a_call_an_acl_refuses_is_not_an_outage(redis_proc, caplog):
+    """An ACL that lets the job's user only read the workers hash: NOPERM for that one call,
+    every tick. Taken for an outage it kept the coordinator off Redis for good (the probe
+    repeats the refused call), and at the end of a run every open stream failed as if Redis
+    were away. It is said once; every other call goes on."""
+    import logging
+
+    admin = redis_proc.client()
+    admin.execute_command("ACL", "SETUSER", "job", "on", ">pw", "resetkeys", "~sb:status:*", "~sb:streams",
+                          "%R~sb:workers", "+@all")
+    client = redis.Redis(port=redis_proc.port, username="job", password="pw")
+    board = StatusBoard(client, "sb", DriverMetrics(CollectorRegistry()))
+    from fpnstream.core.reports import WorkerInfo
+
+    with caplog.at_level(logging.WARNING):
+        for tick in range(3):
+            board.record_worker(0, WorkerInfo(incarnation="i", model="m", device="cpu", host="h", pid=1))
+            board.write_all({"a": {"state": "streaming", "decoded": tick}})
+    assert board.up
+    assert admin.hget("sb:status:{a}", "decoded") == b"2" and not admin.exists("sb:workers")
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith("Redis refused a coordinator call: ") and "no permissions" in said[0], said

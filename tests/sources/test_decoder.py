@@ -100,6 +100,8 @@ def test_sampler_starts_over_when_timestamps_go_back():
     s = FrameSampler(10)
     kept = [t for t in (0.0, 0.05, 0.1, 0.2, 0.3, 0.0, 0.05, 0.1, 0.2, 0.29) if s.keep(t)]
     assert kept == [0.0, 0.1, 0.2, 0.3, 0.0, 0.1, 0.2]
+    s = FrameSampler(10)  # a little jitter back is no new timeline
+    assert [t for t in (0.0, 0.1, 0.095, 0.05, 0.2) if s.keep(t)] == [0.0, 0.1, 0.2]
 
 
 def _timeline_restarts(tmp_path, frames: int):
@@ -151,6 +153,25 @@ def test_a_file_served_over_http_is_read_once_to_its_end_when_it_is_not_live(tmp
     assert not spec.live and d.expected_frames == 30
     assert [f.index for f in frames] == list(range(30)) and d.warning is None
     assert all(np.array_equal(f.image, rgb) for f, (_, _, rgb) in zip(frames, ref))
+
+
+def test_a_file_over_http_whose_connection_is_cut_fails_so_that_it_is_resumed(tmp_path):
+    """A local file that stops short is truncated where it lies (a warning, then finished);
+    one over the network was most likely cut off: taken for finished, the next run would
+    have started it over as a new run instead of resuming it."""
+    from fpnstream.devtools.synthetic import write_clip
+    from tests.http_files import HttpFiles
+
+    clip = write_clip(tmp_path / "v.mp4", frames=60, width=96, height=64, seed=4,
+                      container_options={"movflags": "+faststart"})
+    with HttpFiles(tmp_path, cut={"/v.mp4": clip.stat().st_size // 2}) as web:
+        (spec,) = resolve_sources([SourceConfig(uri=web.url("v.mp4"), live=False)])
+        d = VideoDecoder(spec, DecodeConfig(read_timeout_s=5))
+        got = []
+        with pytest.raises(SourceError, match="or its connection was cut; the same command resumes it"):
+            for f in d.frames():
+                got.append(f.index)
+    assert 0 < len(got) < 60 and got == list(range(len(got)))
 
 
 @pytest.mark.parametrize("name", ["truncated_mkv", "truncated_mp4"])

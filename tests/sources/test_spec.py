@@ -87,3 +87,9 @@ def test_live_is_told_by_the_uri_unless_the_source_says():
     told = resolve_sources([SourceConfig(uri="https://h/a.mp4", id="a", live=False),
                             SourceConfig(uri="/tmp/fifo", id="b", live=True)])
     assert [(s.live, s.local) for s in told] == [(False, False), (True, True)]
+
+
+def test_live_false_is_for_files_and_http_only():
+    with pytest.raises(SourceError, match=r"`live: false` is for files and http\(s\) URLs, not rtsp://"):
+        resolve_sources([SourceConfig(uri="rtsp://u:secret@cam/x", live=False)])
+    assert resolve_sources([SourceConfig(uri="/v/a.mp4", live=False)])[0].live is False
