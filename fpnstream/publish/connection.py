@@ -85,8 +85,20 @@ def _server_client(url: str, socket_timeout_s: float) -> redis.Redis:
     connection is closed and the call made once more, on a new connection, which reaches
     the new primary. READONLY only: the call was refused, so it did not run; a call that
     timed out may have run, and a claim that starts a new run must not run twice."""
+    # (`retry_on_error` too: redis-py 5 retries only what that names.)
     return redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s,
-                                retry=Retry(NoBackoff(), 1, supported_errors=(ReadOnlyError,)))
+                                retry=Retry(NoBackoff(), 1, supported_errors=(ReadOnlyError,)),
+                                retry_on_error=[ReadOnlyError])
+
+
+def left_old_primary(client: Client, e: redis.ResponseError) -> bool:
+    """The same for a script on Redis 6, which reports the replica's READONLY inside the
+    script's error (a plain ResponseError, which the retry above does not know): the idle
+    connections, the refused one among them, are closed; True if the caller should try again."""
+    if not isinstance(client, redis.Redis) or isinstance(e, ReadOnlyError) or "-READONLY" not in str(e):
+        return False
+    client.connection_pool.disconnect(inuse_connections=False)
+    return True
 
 
 def is_cluster(client) -> bool:

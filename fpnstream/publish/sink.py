@@ -27,7 +27,7 @@ from fpnstream.core.errors import SinkError, StreamUnwritable
 from fpnstream.core.frames import BatchResult
 from fpnstream.core.reports import Resume
 from fpnstream.core.redact import redact_text
-from fpnstream.publish.connection import is_cluster
+from fpnstream.publish.connection import is_cluster, left_old_primary
 from fpnstream.publish.schema import encode_entry
 from fpnstream.publish.keys import events_key, status_key, stream_key
 
@@ -261,7 +261,7 @@ class RedisStreamSink:
         """Whether the last claim of `stream_id` found no record in Redis and went on from `known`."""
         return self._recovered.get(stream_id, False)
 
-    def _evalsha(self, script: str, keys: list[str], args: list) -> list:
+    def _evalsha(self, script: str, keys: list[str], args: list, again: bool = True) -> list:
         """A script in one round trip; loaded into Redis the first time (or again after a
         Redis restart lost its script cache). Not redis-py's Script: it asks SCRIPT EXISTS
         before every call, and on a cluster it would connect in our constructor."""
@@ -271,6 +271,10 @@ class RedisStreamSink:
         except redis.exceptions.NoScriptError:
             self._client.script_load(script)  # on a cluster: loaded on every primary
             return self._client.evalsha(sha, len(keys), *keys, *args)
+        except redis.ResponseError as e:  # refused as a whole (a replica writes nothing): safe to repeat, once
+            if not again or not left_old_primary(self._client, e):
+                raise
+            return self._evalsha(script, keys, args, again=False)
 
     def publish(self, result: BatchResult) -> PublishResult:
         """Write the batch in one round trip.

