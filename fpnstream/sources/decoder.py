@@ -245,7 +245,7 @@ class VideoDecoder:
             self._fail_if_cut_off()
         else:
             if not self.spec.live:
-                self.warning = self._check_complete(container, stream, last_pts, rate)
+                self.warning = _completeness_warning(self.spec, self.next_index, container, stream, last_pts, rate)
                 self._fail_if_cut_off()
                 if corrupt and self.warning is None:
                     self.warning = f"source {self.spec.stream_id}: skipped {corrupt} corrupt packet(s)"
@@ -260,35 +260,6 @@ class VideoDecoder:
             raise SourceError(f"{self.warning}, or its connection was cut; the same command resumes it "
                               f"after its last published frame")
 
-    def _check_complete(
-        self, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-        last_pts: float | None, rate: float | None,
-    ) -> str | None:
-        """Compare what was decoded with what the container header declared (frame count or
-        duration). MPEG-TS declares neither, so a cut TS file cannot be told from a short one."""
-        declared = stream.frames or 0
-        if declared and self.next_index < declared:
-            return (
-                f"source {self.spec.stream_id}: video ended early: decoded {self.next_index} of "
-                f"{declared} declared frames (file truncated?)"
-            )
-        if stream.duration and stream.time_base:
-            start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
-            expected_end: float | None = start + float(stream.duration * stream.time_base)
-        elif container.duration and container.format.name not in ("mpegts",):
-            expected_end = container.duration / av.time_base  # header duration (e.g. Matroska)
-        else:
-            expected_end = None
-        if expected_end is not None and last_pts is not None and rate:
-            if last_pts + 1.0 / rate < expected_end - 2.0 / rate:
-                return (
-                    f"source {self.spec.stream_id}: video ended early at {last_pts:.2f}s of "
-                    f"{expected_end:.2f}s declared (file truncated?)"
-                )
-        if self.next_index == 0:
-            return f"source {self.spec.stream_id}: no decodable frames in {self.spec.display}"
-        return None
-
     def close(self) -> None:
         if self._container is not None:
             try:
@@ -301,3 +272,32 @@ class VideoDecoder:
 def _reason(e: BaseException) -> str:
     msg = getattr(e, "strerror", None) or str(e) or type(e).__name__
     return redact_text(str(msg))
+
+
+def _completeness_warning(spec: SourceSpec, decoded_to: int, container: av.container.InputContainer,
+                          stream: av.video.stream.VideoStream, last_pts: float | None, rate: float | None) -> str | None:
+    """Compare what was decoded (indices below `decoded_to`) with what the container header
+    declared (frame count or duration). MPEG-TS declares neither, so a cut TS file cannot be
+    told from a short one."""
+    declared = stream.frames or 0
+    if declared and decoded_to < declared:
+        return (
+            f"source {spec.stream_id}: video ended early: decoded {decoded_to} of "
+            f"{declared} declared frames (file truncated?)"
+        )
+    if stream.duration and stream.time_base:
+        start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        expected_end: float | None = start + float(stream.duration * stream.time_base)
+    elif container.duration and container.format.name not in ("mpegts",):
+        expected_end = container.duration / av.time_base  # header duration (e.g. Matroska)
+    else:
+        expected_end = None
+    if expected_end is not None and last_pts is not None and rate:
+        if last_pts + 1.0 / rate < expected_end - 2.0 / rate:
+            return (
+                f"source {spec.stream_id}: video ended early at {last_pts:.2f}s of "
+                f"{expected_end:.2f}s declared (file truncated?)"
+            )
+    if decoded_to == 0:
+        return f"source {spec.stream_id}: no decodable frames in {spec.display}"
+    return None
